@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-8)
+export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+
+.PHONY: test demo demo-quick install clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	@start=$$(date +%s); \
+	$(PY) -m pytest -q tests; status=$$?; \
+	echo "test suite time: $$(( $$(date +%s) - start )) s"; exit $$status
+
+demo: $(STAMP)
+	$(PY) -m rlr.demo --workdir runs/demo
+
+demo-quick: $(STAMP)
+	$(PY) -m rlr.demo --workdir runs/demo-quick --quick
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

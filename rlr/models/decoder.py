@@ -1,0 +1,261 @@
+"""The Llama / Qwen2 decoder in Flax linen, with an LM head or a scalar (value / reward) head.
+
+One definition serves policy, reference, critic and reward model: they differ by `head` and by
+their parameter trees. Layers are stacked with `nn.scan` (one compiled layer, parameters with a
+leading `layers` axis), every parameter carries logical axis names (rlr/parallel/rules.py maps
+them onto the mesh), and the key/value cache is an explicit input and output, so generation is a
+pure function too.
+
+Architecture: Touvron et al. 2023 (Llama), Qwen Team 2024 (Qwen2: q/k/v biases); RoPE from
+Su et al. 2021 in the Hugging Face `rotate_half` layout; RMSNorm from Zhang & Sennrich 2019;
+SwiGLU from Shazeer 2020; grouped-query attention from Ainslie et al. 2023.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rlr.models.config import ModelConfig, RopeScaling
+
+HEADS = ("lm", "score")
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer: k, v [L, B, S, KVH, Dh] (S cache slots)."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+def init_cache(config: ModelConfig, batch: int, length: int, dtype=None) -> KVCache:
+    """An all-zero cache of `length` slots for `batch` sequences."""
+    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+    zeros = jnp.zeros(shape, dtype or config.dtype)
+    return KVCache(zeros, zeros)
+
+
+def _partitioned(init, names):
+    return nn.with_logical_partitioning(init, names)
+
+
+def _constrain(x, names):
+    return nn.with_logical_constraint(x, names)
+
+
+def rope_inverse_frequencies(head_dim: int, theta: float,
+                             scaling: Optional[RopeScaling] = None) -> jax.Array:
+    """inv_freq_i = theta^(-2i/Dh), i < Dh/2 (Su et al. 2021), with Llama 3 scaling if given.
+
+    Llama 3 scaling (Meta 2024): wavelengths 2 pi / inv_freq longer than
+    original_max / low_freq_factor are divided by `factor`, shorter than
+    original_max / high_freq_factor kept, and the band between interpolated smoothly.
+    """
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if scaling is None:
+        return inv_freq
+    wavelen = 2 * math.pi / inv_freq
+    low_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+    scaled = jnp.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = ((scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor)
+              / (scaling.high_freq_factor - scaling.low_freq_factor))
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate x [B, T, N, Dh] by angles positions[b, t] * inv_freq (rotate_half layout).
+
+    out = x * cos(a) + rotate_half(x) * sin(a), with a = concat(f, f), rotate_half(x) =
+    concat(-x2, x1) for the two halves x1, x2 of the head dimension (as Hugging Face Llama).
+    """
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, Dh/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, Dh]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x.astype(jnp.float32) * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * scale, computed in float32 (Zhang & Sennrich 2019)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", _partitioned(nn.initializers.ones, ("embed",)),
+                           (x.shape[-1],), self.config.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True)
+                                     + self.config.rms_norm_eps)
+        return (normed.astype(self.config.dtype) * scale.astype(self.config.dtype))
+
+
+class Linear(nn.Module):
+    """y = x . W + b, contracting the last `in_dims` axes of x with the leading axes of W.
+
+    W has shape x.shape[-in_dims:] + out_shape and logical axes `names`; b has out_shape.
+    """
+
+    config: ModelConfig
+    out_shape: tuple
+    names: tuple
+    in_dims: int = 1
+    bias: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        kernel = self.param("kernel", _partitioned(nn.initializers.normal(0.02), self.names),
+                            x.shape[x.ndim - self.in_dims:] + self.out_shape, c.param_dtype)
+        contract = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
+        y = jax.lax.dot_general(x.astype(c.dtype), kernel.astype(c.dtype), (contract, ((), ())))
+        if self.bias:
+            b = self.param("bias", _partitioned(nn.initializers.zeros, self.names[self.in_dims:]),
+                           self.out_shape, c.param_dtype)
+            y = y + b.astype(c.dtype)
+        return y
+
+
+class Attention(nn.Module):
+    """Grouped-query causal self-attention with RoPE, writing into an optional KV cache."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, mask, layer_cache, cache_index):
+        """x [B,T,D]; positions [B,T]; mask [B,1,T,S] bool; layer_cache (k, v [B,S,KVH,Dh]) or None."""
+        c = self.config
+        q = Linear(c, (c.num_heads, c.head_dim), ("embed", "heads", "head_dim"),
+                   bias=c.qkv_bias, name="q_proj")(x)
+        k = Linear(c, (c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"),
+                   bias=c.qkv_bias, name="k_proj")(x)
+        v = Linear(c, (c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"),
+                   bias=c.qkv_bias, name="v_proj")(x)
+        inv_freq = rope_inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+        if layer_cache is not None:
+            cache_k, cache_v = layer_cache
+            start = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
+            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
+            layer_cache = (k, v)
+        q = _constrain(q, ("act_batch", "act_length", "act_heads", None))
+        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+        out = Linear(c, (c.hidden_size,), ("heads", "head_dim", "embed"), in_dims=2,
+                     name="o_proj")(out)
+        return out, layer_cache
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)) (Shazeer 2020)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        gate = Linear(c, (c.intermediate_size,), ("embed", "mlp"), name="gate_proj")(x)
+        up = Linear(c, (c.intermediate_size,), ("embed", "mlp"), name="up_proj")(x)
+        hidden = _constrain(nn.silu(gate) * up, ("act_batch", "act_length", "act_mlp"))
+        return Linear(c, (c.hidden_size,), ("mlp", "embed"), name="down_proj")(hidden)
+
+
+class Block(nn.Module):
+    """One pre-norm decoder layer, written as a scan body: (x, layer_cache) -> (x, layer_cache)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, layer_cache, positions, mask, cache_index):
+        attn_out, layer_cache = Attention(self.config, name="attn")(
+            RMSNorm(self.config, name="attn_norm")(x), positions, mask, layer_cache, cache_index)
+        x = x + attn_out
+        x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x))
+        return _constrain(x, ("act_batch", "act_length", "act_embed")), layer_cache
+
+
+_REMAT_POLICY = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def attention_mask(attention_mask: jax.Array, query_slots: jax.Array,
+                   segment_ids: Optional[jax.Array] = None) -> jax.Array:
+    """Boolean [B, 1, T, S]: query t may see key s iff s is a valid key and s <= t's slot.
+
+    attention_mask [B, S] marks valid key slots (padding False); query_slots [T] is the slot of
+    each query token (0..T-1 without a cache, cache_index + t with one); segment_ids [B, T]
+    (packed sequences, T == S) also require the same segment. Every query sees itself, so a
+    padding row never has an empty softmax.
+    """
+    key_slots = jnp.arange(attention_mask.shape[1])
+    causal = key_slots[None, :] <= query_slots[:, None]  # [T, S]
+    mask = causal[None] & attention_mask[:, None, :].astype(bool)
+    if segment_ids is not None:
+        mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+    mask |= key_slots[None, None, :] == query_slots[None, :, None]
+    return mask[:, None]
+
+
+class Transformer(nn.Module):
+    """Decoder with an LM head ("lm": returns final hidden states for chunked log-probs) or a
+    scalar head ("score": returns a float32 score per token, for critics and reward models).
+
+    __call__(tokens [B,T] int, positions [B,T] int, attention_mask [B,S] bool, segment_ids=None,
+             cache=None, cache_index=None) -> (out, cache)
+    out is hidden [B,T,D] (lm) or scores [B,T] (score). Without a cache S = T; with one, S is
+    the cache length and the T new tokens are written at slots cache_index..cache_index+T-1.
+    """
+
+    config: ModelConfig
+    head: str = "lm"
+
+    @nn.compact
+    def __call__(self, tokens, positions, attention_mask_, segment_ids=None, cache=None,
+                 cache_index=None):
+        c = self.config
+        if self.head not in HEADS:
+            raise ValueError(f"head={self.head!r}: expected one of {HEADS}")
+        embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
+                         embedding_init=_partitioned(nn.initializers.normal(0.02),
+                                                     ("vocab", "embed")), name="embed")
+        x = _constrain(embed(tokens), ("act_batch", "act_length", "act_embed"))
+        start = 0 if cache is None else cache_index
+        query_slots = start + jnp.arange(tokens.shape[1])
+        mask = attention_mask(attention_mask_, query_slots, segment_ids)
+
+        block = Block
+        if c.remat != "none":
+            block = nn.remat(Block, policy=_REMAT_POLICY[c.remat], prevent_cse=False)
+        layers = nn.scan(
+            block, variable_axes={"params": 0}, split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
+        layer_caches = None if cache is None else (cache.k, cache.v)
+        x, new_caches = layers(x, layer_caches, positions, mask, cache_index)
+        hidden = RMSNorm(c, name="final_norm")(x)
+        new_cache = None if cache is None else KVCache(*new_caches)
+
+        if self.head == "score":
+            score_config = c.replace(dtype=jnp.float32)
+            scores = Linear(score_config, (), ("embed",), bias=True, name="score_head")(hidden)
+            return scores, new_cache
+        if not c.tie_embeddings:
+            self.param("lm_head", _partitioned(nn.initializers.normal(0.02), ("embed", "vocab")),
+                       (c.hidden_size, c.vocab_size), c.param_dtype)
+        return hidden, new_cache
+
+
+def lm_head_weight(params, config: ModelConfig) -> jax.Array:
+    """The output projection W [D, V] of an LM-head parameter tree (the embedding if tied)."""
+    if config.tie_embeddings:
+        return params["embed"]["embedding"].T
+    return params["lm_head"]

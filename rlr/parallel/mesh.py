@@ -1,0 +1,123 @@
+"""Device meshes, sharded parameter initialisation, batch placement and multi-host start.
+
+The same calls run on 1 CPU, 8 simulated CPU devices, a GPU host and a TPU pod: a mesh is
+(data, fsdp, tensor), params are created directly in their shards (jit with out_shardings, so a
+7B tree is never whole on one device), and host-local batches become global arrays split over
+(data, fsdp).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from rlr.parallel.rules import BATCH_AXES, DEFAULT_RULES, MESH_AXES
+
+log = logging.getLogger(__name__)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
+              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (all by default); one size may be -1 (the rest)."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): at most one size may be -1")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): {len(devices)} devices "
+                             f"do not divide by {known}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) needs "
+                         f"{int(np.prod(sizes))} devices, {len(devices)} are present")
+    # Auto axes: XLA's partitioner propagates the shardings that params and batches carry.
+    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=auto, devices=devices)
+
+
+def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
+    """NamedShardings for a pytree of logical PartitionSpecs under `rules`."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def abstract_params(init_fn: Callable, *args) -> tuple[Any, Any]:
+    """(shape/dtype tree, logical PartitionSpec tree) of the params `init_fn(*args)` would make."""
+    boxed = jax.eval_shape(init_fn, *args)
+    return nn.meta.unbox(boxed), nn.get_partition_spec(boxed)
+
+
+def init_sharded(init_fn: Callable, mesh: Mesh, *args, rules=DEFAULT_RULES) -> Any:
+    """Run `init_fn(*args)` (returning boxed, logically partitioned params) with every output
+    created in its shard: jit with out_shardings, so nothing is ever materialised whole."""
+    _, specs = abstract_params(init_fn, *args)
+    shardings = logical_to_sharding(specs, mesh, rules)
+    with jax.set_mesh(mesh):
+        return jax.jit(lambda *a: nn.meta.unbox(init_fn(*a)), out_shardings=shardings)(*args)
+
+
+def init_model_params(model: nn.Module, rng: jax.Array, mesh: Mesh, batch: int = 1,
+                      length: int = 8, rules=DEFAULT_RULES) -> Any:
+    """Sharded params of a `rlr.models.Transformer` (the `params` collection, unboxed)."""
+    import jax.numpy as jnp
+
+    tokens = jnp.zeros((batch, length), jnp.int32)
+    mask = jnp.ones((batch, length), bool)
+
+    def init(key):
+        return model.init(key, tokens, tokens, mask)["params"]
+
+    return init_sharded(init, mesh, rng, rules=rules)
+
+
+def param_shardings(model: nn.Module, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
+    """The NamedSharding of every parameter of `model` (same tree as its params)."""
+    import jax.numpy as jnp
+
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    _, specs = abstract_params(
+        lambda: model.init(jax.random.key(0), tokens, tokens, jnp.ones((1, 8), bool))["params"])
+    return logical_to_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Leading (batch) axis split over (data, fsdp); the other `ndim - 1` axes whole."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+    """Host-local numpy arrays (this process's rows) -> global jax arrays split over (data, fsdp).
+
+    On one host this is a device_put; on many, each host passes its own rows and the global
+    batch is their concatenation in process order.
+    """
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
+
+    return jax.tree.map(put, batch)
+
+
+def initialize_distributed() -> bool:
+    """Start multi-host JAX when the launcher asked for it; return whether it did.
+
+    Launchers set RLR_DISTRIBUTED=1, and on GPU hosts also JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID (on TPU VMs jax finds these itself).
+    """
+    if os.environ.get("RLR_DISTRIBUTED", "0") != "1":
+        return False
+    kwargs = {}
+    if "JAX_COORDINATOR_ADDRESS" in os.environ:
+        kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                      process_id=int(os.environ["JAX_PROCESS_ID"]))
+    jax.distributed.initialize(**kwargs)
+    log.info("jax.distributed: process %d of %d, %d devices", jax.process_index(),
+             jax.process_count(), jax.device_count())
+    return True

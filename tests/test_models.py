@@ -1,0 +1,198 @@
+"""Tests of rlr.models: chunked log-probs (values, gradients, memory), the KV cache, remat,
+bfloat16 compute, and the named configs' shapes and parameter counts."""
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hf_fixtures import random_rlr_params
+from rlr.models import (NAMED_CONFIGS, Transformer, get_config, init_cache, lm_head_weight,
+                        next_token_logprobs, token_logprobs)
+
+B, T = 2, 12
+CONFIG = get_config("tiny")
+
+
+def naive_logprobs(hidden, weight, targets):
+    """log_softmax(h W)[y] and entropy with the whole [B, T, V] logits (the reference)."""
+    log_probs = jax.nn.log_softmax(jnp.einsum("btd,dv->btv", hidden, weight), axis=-1)
+    logp = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    return logp, -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+
+
+def numpy_logprobs(hidden, weight, targets):
+    """float64 numpy reference of (logp, entropy)."""
+    logits = np.asarray(hidden, np.float64) @ np.asarray(weight, np.float64)
+    logits -= logits.max(-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    logp = np.take_along_axis(log_probs, np.asarray(targets)[..., None], -1)[..., 0]
+    return logp, -(np.exp(log_probs) * log_probs).sum(-1)
+
+
+def random_problem(seed, batch, length, dim, vocab):
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    hidden = jax.random.normal(k1, (batch, length, dim))
+    weight = jax.random.normal(k2, (dim, vocab)) / math.sqrt(dim) * 3
+    return hidden, weight, jax.random.randint(k3, (batch, length), 0, vocab)
+
+
+@pytest.mark.parametrize("chunk", [5, 64])  # 13 = 2 * 5 + 3 (a padded tail); one chunk > T
+def test_chunked_logprobs_equal_reference(chunk):
+    hidden, weight, targets = random_problem(0, 2, 13, 8, 32)
+    logp, entropy = jax.jit(token_logprobs, static_argnums=3)(hidden, weight, targets, chunk)
+    ref_logp, ref_entropy = numpy_logprobs(hidden, weight, targets)
+    assert logp.shape == entropy.shape == (2, 13)
+    np.testing.assert_allclose(logp, ref_logp, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(entropy, ref_entropy, rtol=0, atol=1e-5)
+
+
+def test_chunked_logprob_gradients_equal_naive():
+    hidden, weight, targets = random_problem(1, 2, 13, 8, 32)
+    coef = jax.random.normal(jax.random.key(2), (2, 2, 13))
+
+    def objective(fn):
+        return lambda h, w: jnp.sum(coef[0] * fn(h, w, targets)[0] + coef[1] * fn(h, w, targets)[1])
+
+    chunked = jax.grad(objective(functools.partial(token_logprobs, chunk_size=5)), (0, 1))
+    naive = jax.grad(objective(naive_logprobs), (0, 1))
+    for got, want in zip(jax.jit(chunked)(hidden, weight), jax.jit(naive)(hidden, weight)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_chunked_logprobs_use_several_times_less_memory():
+    """XLA's temporary buffers: the naive [B, T, V] float32 logits vs one [B, C, V] chunk."""
+    shapes = (jax.ShapeDtypeStruct((2, 512, 32), jnp.float32),
+              jax.ShapeDtypeStruct((32, 8192), jnp.float32),
+              jax.ShapeDtypeStruct((2, 512), jnp.int32))
+    chunked = functools.partial(token_logprobs, chunk_size=64)
+
+    def temp_bytes(fn):
+        return jax.jit(fn).lower(*shapes).compile().memory_analysis().temp_size_in_bytes
+
+    def value(fn):
+        return lambda h, w, y: fn(h, w, y)
+
+    def grad_hidden(fn):
+        return jax.grad(lambda h, w, y: sum(jnp.sum(x) for x in fn(h, w, y)))
+
+    for wrap in (value, grad_hidden):
+        naive_bytes, chunked_bytes = temp_bytes(wrap(naive_logprobs)), temp_bytes(wrap(chunked))
+        assert naive_bytes >= 2 * 512 * 8192 * 4  # the reference does hold the whole logits
+        assert chunked_bytes * 4 < naive_bytes, (wrap.__name__, chunked_bytes, naive_bytes)
+
+
+def model_inputs(seed=0, vocab=CONFIG.vocab_size):
+    """tokens [B,T], positions [B,T], mask [B,T] with row 1 left-padded by 3."""
+    tokens = jax.random.randint(jax.random.key(seed), (B, T), 0, vocab)
+    mask = jnp.ones((B, T), bool).at[1, :3].set(False)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    return tokens, positions, mask
+
+
+@pytest.fixture(scope="module")
+def params():
+    """Random tiny-model params (far from the 0.02 init: attention is not uniform)."""
+    return jax.tree.map(jnp.asarray, random_rlr_params(CONFIG))
+
+
+@functools.lru_cache(maxsize=None)
+def run(config):
+    """jitted params -> (hidden [B,T,D], logp [B,T-1], entropy [B,T-1]) on model_inputs()."""
+    model = Transformer(config)
+    tokens, positions, mask = model_inputs()
+
+    @jax.jit
+    def fn(params):
+        hidden, _ = model.apply({"params": params}, tokens, positions, mask)
+        return (hidden, *next_token_logprobs(model, params, tokens, positions, mask, chunk_size=5))
+
+    return fn
+
+
+def test_next_token_logprobs_equal_reference(params):
+    tokens, _, _ = model_inputs()
+    hidden, logp, entropy = run(CONFIG)(params)
+    ref_logp, ref_entropy = numpy_logprobs(hidden[:, :-1], lm_head_weight(params, CONFIG),
+                                           tokens[:, 1:])
+    assert np.std(ref_logp) > 0.5  # the logits are far from uniform
+    np.testing.assert_allclose(logp, ref_logp, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(entropy, ref_entropy, rtol=0, atol=1e-5)
+
+
+def test_kv_cache_prefill_and_decode_equal_full_forward(params):
+    """Prefill 8 slots, decode 4 one at a time: the hidden states of the full forward."""
+    model = Transformer(CONFIG)
+    tokens, positions, mask = model_inputs()
+    full = run(CONFIG)(params)[0]
+
+    @jax.jit
+    def step(p, tok, pos, cache, index):
+        return model.apply({"params": p}, tok, pos, mask, cache=cache, cache_index=index)
+
+    prefill, cache = step(params, tokens[:, :8], positions[:, :8], init_cache(CONFIG, B, T), 0)
+    outs = [prefill]
+    for t in range(8, T):
+        out, cache = step(params, tokens[:, t:t + 1], positions[:, t:t + 1], cache, t)
+        outs.append(out)
+    assert cache.k.shape == (CONFIG.num_layers, B, T, CONFIG.num_kv_heads, CONFIG.head_dim)
+    valid = np.asarray(mask)
+    np.testing.assert_allclose(np.asarray(jnp.concatenate(outs, 1))[valid], np.asarray(full)[valid],
+                               rtol=0, atol=1e-5)
+
+
+def loss_and_grads(config, params):
+    """A loss that reaches every parameter: sum(hidden * c) + mean of one LM log-prob."""
+    model = Transformer(config)
+    tokens, positions, mask = model_inputs()
+    coef = jax.random.normal(jax.random.key(3), (B, T, config.hidden_size))
+
+    def loss(p):
+        hidden, _ = model.apply({"params": p}, tokens, positions, mask)
+        logits = hidden[:, -1] @ lm_head_weight(p, config)
+        return jnp.mean(hidden * coef) + jnp.mean(jax.nn.log_softmax(logits)[:, 0])
+
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def test_remat_policies_give_the_same_loss_and_gradients(params):
+    loss, grads = loss_and_grads(CONFIG, params)
+    assert float(jnp.sum(jnp.abs(grads["layers"]["attn"]["q_proj"]["kernel"]))) > 0
+    for remat in ("full", "dots"):
+        loss_r, grads_r = loss_and_grads(CONFIG.replace(remat=remat), params)
+        np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
+        for got, want in zip(jax.tree.leaves(grads_r), jax.tree.leaves(grads)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_compute_is_close_to_f32(params):
+    out32, logp32, _ = run(CONFIG)(params)
+    out16, logp16, _ = run(CONFIG.replace(dtype=jnp.bfloat16))(params)
+    assert out16.dtype == jnp.bfloat16 and out32.dtype == jnp.float32
+    assert logp16.dtype == jnp.float32
+    err = np.abs(np.asarray(out16, np.float32) - np.asarray(out32))
+    scale = np.abs(np.asarray(out32)).max()
+    assert err.max() < 0.05 * scale, (err.max(), scale)
+    np.testing.assert_allclose(logp16, logp32, rtol=0.05, atol=0.1)
+
+
+PUBLISHED_SIZES = {  # total parameters from the model cards (embeddings included)
+    "qwen2.5-0.5b": 0.494e9, "qwen2.5-1.5b": 1.54e9, "qwen2.5-math-1.5b": 1.54e9,
+    "qwen2.5-7b": 7.61e9, "llama-3.2-1b": 1.24e9, "smollm2-135m": 0.135e9,
+}
+
+
+@pytest.mark.parametrize("name", sorted(NAMED_CONFIGS))
+def test_named_config_builds_with_its_parameter_count(name):
+    config = NAMED_CONFIGS[name]
+    tokens = jax.ShapeDtypeStruct((1, 4), jnp.int32)
+    mask = jax.ShapeDtypeStruct((1, 4), jnp.bool_)
+    shapes = jax.eval_shape(lambda t, m: Transformer(config).init(jax.random.key(0), t, t, m),
+                            tokens, mask)
+    count = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+    assert count == config.num_params()
+    if name in PUBLISHED_SIZES:
+        assert abs(count / PUBLISHED_SIZES[name] - 1) < 0.02, count
+    assert ("lm_head" in shapes["params"]) != config.tie_embeddings

@@ -1,0 +1,314 @@
+"""Tests of rlr.sampling: greedy parity with Hugging Face `generate`, log-probs equal to teacher
+forcing, sampling statistics of the filters, stops, bucketing (one compilation a bucket), and the
+8-device mesh equal to one device.
+
+One tiny random Qwen2 (tests/hf_fixtures.py, float32) imported into rlr serves every model test;
+shapes are fixed (B=4 prompts, R=10 new tokens) and the Samplers are cached, so the module
+compiles four generation functions in all (greedy, greedy with stops, filtered sampling on one
+device and on the 2x2x2 mesh).
+"""
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.special
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import hf_fixtures as F
+from rlr.models import Transformer, from_hf_config, next_token_logprobs, lm_head_weight
+from rlr.models.hf_io import params_from_hf_state_dict
+from rlr.parallel import BATCH_AXES, make_mesh, param_shardings
+from rlr.sampling import (Sampler, SamplingConfig, bucket_length, check_prompts, filter_logits,
+                          sample_tokens, top_k_filter, top_p_filter)
+from rlr.sampling import stops
+
+B, PROMPT, R = 4, 9, 10
+V = F.TINY["vocab_size"]
+PAD = 0
+GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=R, pad_id=PAD)
+SAMPLED = SamplingConfig(temperature=0.7, top_k=12, top_p=0.8, max_new_tokens=R, num_samples=2,
+                         eos_ids=(3,), pad_id=PAD)
+TOL = 1e-4
+
+
+@functools.lru_cache(maxsize=None)
+def hf_and_rlr():
+    """(torch model, rlr Transformer, rlr params) of one tiny random Qwen2."""
+    hf = F.make_hf_model("qwen2", seed=0)
+    config = from_hf_config(hf.config.to_dict())
+    tensors = {k: v.numpy() for k, v in hf.state_dict().items()}
+    params = jax.tree.map(jnp.asarray, params_from_hf_state_dict(tensors, config))
+    return hf, Transformer(config), params
+
+
+@functools.lru_cache(maxsize=None)
+def sampler(config: SamplingConfig, mesh_shape=None) -> Sampler:
+    _, model, _ = hf_and_rlr()
+    mesh = None if mesh_shape is None else make_mesh(*mesh_shape)
+    return Sampler(model, config, mesh)
+
+
+def prompts(seed, length=PROMPT, pads=(0, 3, 1, 5)):
+    tokens, mask, _ = F.padded_batch(seed, B, length, V, pads)
+    return np.where(mask, tokens, PAD), mask
+
+
+def hf_generate(tokens, mask, eos_id=None):
+    """HF greedy tokens [B, <=R] and log-softmax of its raw logits [B, <=R, V] (float64)."""
+    hf, _, _ = hf_and_rlr()
+    with torch.no_grad():
+        out = hf.generate(input_ids=torch.as_tensor(tokens, dtype=torch.long),
+                          attention_mask=torch.as_tensor(mask, dtype=torch.long),
+                          do_sample=False, max_new_tokens=R, pad_token_id=PAD,
+                          eos_token_id=eos_id, output_logits=True, return_dict_in_generate=True)
+    logits = torch.stack(out.logits, dim=1).double().numpy()
+    return out.sequences[:, tokens.shape[1]:].numpy(), scipy.special.log_softmax(logits, axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def greedy_rollout():
+    _, _, params = hf_and_rlr()
+    tokens, mask = prompts(0)
+    return jax.tree.map(np.asarray, sampler(GREEDY)(params, tokens, mask, jax.random.key(0)))
+
+
+def test_greedy_matches_hf_generate_with_left_padding():
+    rollout = greedy_rollout()
+    expected, logp = hf_generate(*prompts(0))
+    np.testing.assert_array_equal(rollout.response_tokens, expected)
+    assert rollout.response_mask.all() and (rollout.lengths == R).all()
+    hf_logp = np.take_along_axis(logp, expected[..., None], -1)[..., 0]
+    np.testing.assert_allclose(rollout.logprobs, hf_logp, atol=TOL)
+    # The prompts come back left-padded to the 16-slot bucket.
+    assert rollout.prompt_tokens.shape == (B, 16) and not rollout.prompt_mask[:, :16 - PROMPT].any()
+
+
+def test_prompts_of_another_length_in_the_same_bucket_reuse_the_compilation():
+    _, _, params = hf_and_rlr()
+    greedy_rollout()
+    compiled = sampler(GREEDY).trace_count
+    tokens, mask = prompts(1, length=13, pads=(2, 0, 7, 12))
+    rollout = sampler(GREEDY)(params, tokens, mask, jax.random.key(0))
+    assert sampler(GREEDY).trace_count == compiled == 1
+    np.testing.assert_array_equal(np.asarray(rollout.response_tokens), hf_generate(tokens, mask)[0])
+
+
+def expected_stop_ends(greedy_tokens, eos_ids, stop_sequences):
+    """Index of each row's last response token when greedy decoding stops (R-1 if it does not)."""
+    ends = []
+    for row in greedy_tokens.tolist():
+        end = R - 1
+        for t in range(R):
+            if row[t] in eos_ids or any(tuple(row[t + 1 - len(s):t + 1]) == s
+                                        for s in stop_sequences if t + 1 >= len(s)):
+                end = t
+                break
+        ends.append(end)
+    return np.asarray(ends)
+
+
+def test_rows_stop_at_eos_or_stop_sequence_and_the_rest_go_on():
+    _, _, params = hf_and_rlr()
+    greedy = greedy_rollout()
+    g = greedy.response_tokens
+    eos = int(g[0, 3])  # row 0 emits it at step 3 (or earlier)
+    stop = (int(g[1, 5]), int(g[1, 6]))  # row 1 ends on these two at step 6 (or earlier)
+    config = dataclasses.replace(GREEDY, eos_ids=(V + 7, eos),
+                                 stop_sequences=((V + 1, V + 2, V + 3), stop))
+    ends = expected_stop_ends(g, {eos}, [stop])
+    assert ends[0] <= 3 and ends[1] <= 6 and (ends == R - 1).any(), ends  # the case is non-trivial
+    rollout = jax.tree.map(np.asarray, sampler(config)(params, *prompts(0), jax.random.key(0)))
+    within = np.arange(R)[None, :] <= ends[:, None]
+    np.testing.assert_array_equal(rollout.response_mask, within)
+    np.testing.assert_array_equal(rollout.response_tokens, np.where(within, g, PAD))
+    np.testing.assert_allclose(rollout.logprobs, np.where(within, greedy.logprobs, 0.0), atol=1e-6)
+    np.testing.assert_array_equal(rollout.lengths, ends + 1)
+    # Hugging Face stops on the same EOS and pads the same way.
+    hf_tokens, _ = hf_generate(*prompts(0), eos_id=eos)
+    eos_ends = expected_stop_ends(g, {eos}, [])
+    hf_expected = np.where(np.arange(R)[None, :] <= eos_ends[:, None], g, PAD)
+    np.testing.assert_array_equal(hf_tokens, hf_expected[:, :hf_tokens.shape[1]])
+
+
+@functools.lru_cache(maxsize=None)
+def sampled_rollout(mesh_shape=None, seed=0):
+    _, model, params = hf_and_rlr()
+    if mesh_shape is not None:
+        params = jax.device_put(params, param_shardings(model, make_mesh(*mesh_shape)))
+    return sampler(SAMPLED, mesh_shape)(params, *prompts(0), jax.random.key(seed))
+
+
+def nucleus_support(logits, temperature, top_k, top_p):
+    """float64 numpy reference: bool [..., V], the tokens temperature -> top-k -> top-p keep."""
+    scaled = logits / temperature
+    order = np.argsort(-scaled, axis=-1, kind="stable")
+    ranks = np.argsort(order, axis=-1)
+    in_top_k = ranks < top_k if top_k else np.ones(scaled.shape, bool)
+    kept = np.where(in_top_k, scaled, -np.inf)
+    probs = scipy.special.softmax(kept, axis=-1)
+    sorted_probs = np.take_along_axis(probs, order, axis=-1)
+    mass_before = np.cumsum(sorted_probs, axis=-1) - sorted_probs
+    keep_sorted = (mass_before < top_p) & np.take_along_axis(in_top_k, order, axis=-1)
+    keep_sorted[..., 0] = True
+    return np.take_along_axis(keep_sorted, ranks, axis=-1)
+
+
+def test_sampled_logprobs_equal_teacher_forcing_and_tokens_lie_in_the_filtered_support():
+    _, model, params = hf_and_rlr()
+    r = jax.tree.map(np.asarray, sampled_rollout())
+    n = SAMPLED.num_samples
+    assert r.response_tokens.shape == (B * n, R) and r.prompt_tokens.shape == (B * n, 16)
+    np.testing.assert_array_equal(r.prompt_tokens[::n], r.prompt_tokens[1::n])  # rows contiguous
+    assert (r.response_tokens[::n] != r.response_tokens[1::n]).any()  # samples differ
+
+    tokens = np.concatenate([r.prompt_tokens, r.response_tokens], 1)
+    mask = np.concatenate([r.prompt_mask, r.response_mask], 1)
+    positions = np.maximum(np.cumsum(mask, 1) - 1, 0).astype(np.int32)
+    forced, _ = jax.jit(functools.partial(next_token_logprobs, model))(params, tokens, positions,
+                                                                     mask)
+    forced = np.asarray(forced)[:, 16 - 1:]  # log p(response token t) at positions P-1+t
+    np.testing.assert_allclose(np.where(r.response_mask, forced, 0.0), r.logprobs, atol=TOL)
+
+    hidden, _ = jax.jit(model.apply)({"params": params}, tokens, positions, mask)
+    logits = np.asarray(hidden @ lm_head_weight(params, model.config), np.float64)[:, 16 - 1:-1]
+    support = nucleus_support(logits, SAMPLED.temperature, SAMPLED.top_k, SAMPLED.top_p)
+    chosen = np.take_along_axis(support, r.response_tokens[..., None], -1)[..., 0]
+    assert chosen[r.response_mask].all()
+    assert support.sum(-1).max() > 1  # the filters leave a choice, so the check has teeth
+
+    # Masks: a prefix per row; a row shorter than R ends on its EOS; pad after.
+    assert (np.diff(r.response_mask.astype(int), axis=1) <= 0).all()
+    np.testing.assert_array_equal(r.lengths, r.response_mask.sum(1))
+    short = r.lengths < R
+    assert (r.response_tokens[short, r.lengths[short] - 1] == SAMPLED.eos_ids[0]).all()
+    assert (r.response_tokens[~r.response_mask] == PAD).all()
+
+
+def test_same_key_same_rollout_other_key_other_rollout():
+    _, _, params = hf_and_rlr()
+    first = sampled_rollout()
+    again = sampler(SAMPLED)(params, *prompts(0), jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(first.response_tokens),
+                                  np.asarray(again.response_tokens))
+    other = sampled_rollout(seed=1)
+    assert (np.asarray(first.response_tokens) != np.asarray(other.response_tokens)).any()
+    assert sampler(SAMPLED).trace_count == 1
+
+
+def test_mesh_2x2x2_equals_one_device():
+    one = sampled_rollout()
+    eight = sampled_rollout(mesh_shape=(2, 2, 2))
+    assert eight.response_tokens.sharding.spec[0] == BATCH_AXES
+    assert len(eight.response_tokens.sharding.device_set) == 8
+    for a, b in zip(one, eight):
+        if a.dtype == jnp.float32:
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+        else:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ---------------------------------------------------------------- filters and sampling statistics
+
+STAT_LOGITS = np.log(np.array([0.3, 0.2, 0.15, 0.12, 0.1, 0.07, 0.04, 0.02]))
+STAT_ROWS = 8000
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def draw(key, temperature, top_k, top_p):
+    logits = jnp.broadcast_to(jnp.asarray(STAT_LOGITS, jnp.float32), (STAT_ROWS, 8))
+    return sample_tokens(logits, key, temperature, top_k, top_p)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [
+    (1.0, 0, 1.0), (0.5, 0, 1.0), (1.5, 3, 1.0), (1.0, 0, 0.7), (0.8, 5, 0.6), (2.0, 4, 0.9)])
+def test_empirical_frequencies_match_the_filtered_distribution(temperature, top_k, top_p):
+    support = nucleus_support(STAT_LOGITS, temperature, top_k, top_p)
+    target = np.where(support, np.exp(STAT_LOGITS / temperature), 0.0)
+    target /= target.sum()
+    counts = np.bincount(np.asarray(draw(jax.random.key(7), temperature, top_k, top_p)),
+                         minlength=8)
+    assert counts[~support].sum() == 0
+    tv = 0.5 * np.abs(counts / STAT_ROWS - target).sum()
+    assert tv < 0.03, (tv, counts / STAT_ROWS, target)  # expected TV about 0.01 at 8000 draws
+
+
+def test_greedy_is_argmax_of_the_raw_logits():
+    logits = jnp.asarray([[0.1, 2.0, -1.0], [3.0, 3.0, 0.0]])
+    np.testing.assert_array_equal(sample_tokens(logits, jax.random.key(0), 0.0, top_k=1), [1, 0])
+
+
+# Logits at least 0.01 apart: filters keep every token tied at their cut (documented).
+logits_st = st.lists(st.integers(-400, 400), min_size=10, max_size=10, unique=True).map(
+    lambda xs: [x / 100 for x in xs])
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.lists(logits_st, min_size=3, max_size=3), top_k=st.integers(0, 10),
+       top_p=st.floats(0.05, 1.0), temperature=st.floats(0.3, 3.0))
+def test_filters_keep_the_reference_support(rows, top_k, top_p, temperature):
+    logits = np.asarray(rows, np.float64)
+    # Skip cuts within float32 rounding of a cumulative mass.
+    probs = np.sort(scipy.special.softmax(logits / temperature, -1), -1)[:, ::-1]
+    assume(np.abs(np.cumsum(probs, -1) - top_p).min() > 1e-4)
+    support = nucleus_support(logits, temperature, top_k, top_p)
+    x = jnp.asarray(logits, jnp.float32)
+    composed = filter_logits(x, temperature, top_k, top_p)
+    np.testing.assert_array_equal(np.isfinite(np.asarray(composed)), support)
+    step_by_step = top_p_filter(top_k_filter(x / temperature, top_k) if top_k else x / temperature,
+                                top_p)
+    np.testing.assert_array_equal(np.isfinite(np.asarray(step_by_step)), support)
+    kept = np.asarray(composed)[support]
+    np.testing.assert_allclose(kept, (logits / temperature)[support], rtol=1e-6)
+
+
+def test_filter_arguments_are_checked():
+    x = jnp.zeros((1, 4))
+    with pytest.raises(ValueError, match="top_k"):
+        top_k_filter(x, 0)
+    with pytest.raises(ValueError, match="top_p"):
+        top_p_filter(x, 0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        filter_logits(x, 0.0)
+
+
+# ---------------------------------------------------------------- stops, buckets, configs
+
+def test_stop_window_matches_only_whole_sequences_of_generated_tokens():
+    window = stops.init_window(3, ((5,), (1, 2, 3)))
+    assert window.shape == (3, 3)
+    hits = []
+    for column in ([1, 9, 1], [2, 2, 5], [3, 3, 2]):
+        window = stops.push_window(window, jnp.asarray(column))
+        hits.append(np.asarray(stops.ends_with_stop(window, ((5,), (1, 2, 3)))).tolist())
+    assert hits == [[False, False, False], [False, False, True], [True, False, False]]
+    np.testing.assert_array_equal(stops.is_eos(jnp.asarray([4, 7, 0]), (7, 0)), [False, True, True])
+    assert not stops.is_eos(jnp.asarray([4]), ()).any()
+
+
+def test_bucket_length():
+    assert [bucket_length(n) for n in (1, 9, 16, 17, 100, 128, 129)] == [16, 16, 16, 32, 128, 128, 256]
+    assert bucket_length(40, buckets=(64, 32, 256)) == 64
+    with pytest.raises(ValueError, match="largest bucket 256"):
+        bucket_length(300, buckets=(64, 256))
+
+
+def test_bad_configs_and_prompts_raise_naming_the_field():
+    for field, value in [("temperature", -1.0), ("top_k", -2), ("top_p", 0.0), ("top_p", 1.5),
+                         ("max_new_tokens", 0), ("num_samples", 0), ("stop_sequences", ((),)),
+                         ("eos_ids", (-1,))]:
+        with pytest.raises(ValueError, match=f"SamplingConfig.{field}"):
+            SamplingConfig(**{field: value})
+    config = SamplingConfig(eos_ids=[2, 3], stop_sequences=[[1, 2]])
+    assert config.eos_ids == (2, 3) and config.stop_sequences == ((1, 2),) and hash(config)
+    ok = np.ones((2, 4), bool)
+    with pytest.raises(ValueError, match="left padding"):
+        check_prompts(np.zeros((2, 4), np.int32), ok & np.array([True, False, True, True]))
+    with pytest.raises(ValueError, match="last slot"):
+        check_prompts(np.zeros((2, 4), np.int32), ok & np.array([True, True, True, False]))
+    with pytest.raises(ValueError, match="integer"):
+        check_prompts(np.zeros((2, 4), np.float32), ok)
