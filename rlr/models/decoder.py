@@ -129,7 +129,8 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, mask, layer_cache, cache_index):
-        """x [B,T,D]; positions [B,T]; mask [B,1,T,S] bool; layer_cache (k, v [B,S,KVH,Dh]) or None."""
+        """x [B,T,D]; positions [B,T]; mask [B,1,T,S] bool; layer_cache None or (k, v, layer) with
+        the full caches k, v [L,B,S,KVH,Dh] and this layer's index."""
         c = self.config
         q = Linear(c, (c.num_heads, c.head_dim), ("embed", "heads", "head_dim"),
                    bias=c.qkv_bias, name="q_proj")(x)
@@ -141,11 +142,15 @@ class Attention(nn.Module):
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
         if layer_cache is not None:
-            cache_k, cache_v = layer_cache
-            start = (0, cache_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
-            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
-            layer_cache = (k, v)
+            # The whole [L, B, S, KVH, Dh] cache rides in the scan carry and is updated in place
+            # at (layer, slot): one write of the new entries, not a copy of the layer's cache.
+            cache_k, cache_v, layer = layer_cache
+            start = (layer, 0, cache_index, 0, 0)
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
+            k = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False)
+            v = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False)
+            layer_cache = (cache_k, cache_v)
         q = _constrain(q, ("act_batch", "act_length", "act_heads", None))
         out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
         out = Linear(c, (c.hidden_size,), ("heads", "head_dim", "embed"), in_dims=2,
@@ -168,17 +173,22 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-norm decoder layer, written as a scan body: (x, layer_cache) -> (x, layer_cache)."""
+    """One pre-norm decoder layer, written as a scan body over layers:
+    ((x, cache_k, cache_v), layer index) -> ((x, cache_k, cache_v), None)."""
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, layer_cache, positions, mask, cache_index):
+    def __call__(self, carry, layer, positions, mask, cache_index):
+        x, cache_k, cache_v = carry
+        layer_cache = None if cache_k is None else (cache_k, cache_v, layer)
         attn_out, layer_cache = Attention(self.config, name="attn")(
             RMSNorm(self.config, name="attn_norm")(x), positions, mask, layer_cache, cache_index)
         x = x + attn_out
         x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x))
-        return _constrain(x, ("act_batch", "act_length", "act_embed")), layer_cache
+        x = _constrain(x, ("act_batch", "act_length", "act_embed"))
+        cache_k, cache_v = (None, None) if layer_cache is None else layer_cache
+        return (x, cache_k, cache_v), None
 
 
 _REMAT_POLICY = {
@@ -239,10 +249,11 @@ class Transformer(nn.Module):
             block, variable_axes={"params": 0}, split_rngs={"params": True},
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
-        layer_caches = None if cache is None else (cache.k, cache.v)
-        x, new_caches = layers(x, layer_caches, positions, mask, cache_index)
+        cache_k, cache_v = (None, None) if cache is None else cache
+        (x, cache_k, cache_v), _ = layers((x, cache_k, cache_v), jnp.arange(c.num_layers),
+                                          positions, mask, cache_index)
         hidden = RMSNorm(c, name="final_norm")(x)
-        new_cache = None if cache is None else KVCache(*new_caches)
+        new_cache = None if cache is None else KVCache(cache_k, cache_v)
 
         if self.head == "score":
             score_config = c.replace(dtype=jnp.float32)

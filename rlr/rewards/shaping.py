@@ -83,8 +83,6 @@ def _valid(mask) -> jax.Array:
 
 
 def _check_shape(name: str, x, shape: tuple[int, ...]) -> None:
-    if x is None:
-        return
     if tuple(jnp.shape(x)) != tuple(shape):
         raise ValueError(f"shape_rewards: {name} must have shape {tuple(shape)}, got {tuple(jnp.shape(x))}")
 
@@ -239,10 +237,11 @@ def shape_rewards(
     rewards = at_last_token(clipped_outcome, mask)
 
     if spec.prm_weight != 0:
-        for name, value in (("prm_scores", prm_scores), ("step_positions", step_positions), ("step_mask", step_mask)):
+        step_inputs = {"prm_scores": prm_scores, "step_positions": step_positions, "step_mask": step_mask}
+        for name, value in step_inputs.items():
             _require(name, value, "RewardSpec.prm_weight")
         K = jnp.shape(prm_scores)[-1]
-        for name, value in (("prm_scores", prm_scores), ("step_positions", step_positions), ("step_mask", step_mask)):
+        for name, value in step_inputs.items():
             _check_shape(name, value, (B, K))
         step_rewards = spec.prm_weight * process_rewards(spec, prm_scores, step_mask)
         prm_tokens = jnp.where(mask, scatter_to_tokens(step_rewards, step_positions, step_mask, T), 0.0)

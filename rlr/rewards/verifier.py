@@ -11,9 +11,10 @@ the reference answer, else 0. ``verify(response, reference)`` computes it:
    words, ``$`` and ``%`` dropped, ``\\dfrac`` -> ``\\frac``, and numbers written once:
    ``1,000`` -> ``1000``, ``18.00`` -> ``18``, ``0.5`` and ``\\frac{1}{2}`` -> ``1/2``.
 3. ``answers_match``: equal strings; else equal numbers (exactly, or after rounding both
-   to ROUND_DECIMALS places: ``0.333333`` = ``1/3``, ``1000001`` != ``1000000``); else symbolic equality with sympy (``\\sqrt{8}`` = ``2\\sqrt{2}``,
-   ``x+1`` = ``1+x``), element-wise for tuples / intervals (ordered, brackets must agree)
-   and sets / bare comma lists (unordered).
+   to ROUND_DECIMALS places: ``0.333333`` = ``1/3``, ``1000001`` != ``1000000``); else
+   symbolic equality with sympy (``\\sqrt{8}`` = ``2\\sqrt{2}``, ``x+1`` = ``1+x``);
+   element-wise for tuples / intervals (ordered, brackets must agree) and sets / bare
+   comma lists (unordered).
 
 Safety: model output is untrusted. Nothing is ``eval``-ed: answers are parsed by a small
 recursive-descent parser here (whitelisted tokens, bounded length, token count and nesting
@@ -41,14 +42,14 @@ MAX_ANSWER_CHARS = 1000  # longer answers are only whitespace-stripped and compa
 MAX_NUMBER_CHARS = 100  # longer numerals are compared as strings only
 MAX_SYMBOLIC_CHARS = 300  # longer answers are never parsed
 MAX_TOKENS = 150  # tokens of one parsed expression
-MAX_DEPTH = 30  # nesting of groups / unary operators / powers in one expression
+MAX_DEPTH = 60  # parser recursion in one expression (about 3 levels a nested group or sqrt)
 MAX_LITERAL_DIGITS = 50  # digits of a number literal sent to sympy
 MAX_EXPONENT = 1000  # |numeric exponent| of a power
 MAX_FACTORIAL = 1000  # largest literal n in n!
 MAX_RESULT_DIGITS = 100_000  # estimated digits of any number an answer builds
 MAX_ELEMENTS = 10  # elements of a tuple / set answer
 ROUND_DECIMALS = 6  # numbers equal after rounding to this many decimal places are equal
-SYMBOLIC_TIMEOUT_S = 0.5  # time limit of one symbolic comparison in the worker
+SYMBOLIC_TIMEOUT_S = 0.5  # default time limit of all the sympy work of one answers_match / verify call
 WORKER_START_TIMEOUT_S = 60.0  # time the worker may take to start (import sympy)
 
 # ---------------------------------------------------------------------------- extraction
@@ -191,7 +192,8 @@ def normalize_answer(s: str) -> str:
     Drops ``$``, ``\\(``/``\\)``, a whole-answer ``\\boxed{}``, ``\\left``/``\\right``, LaTeX
     spacing (``\\!``, ``\\,``, ``\\ ``), degree marks, ``%``, unit words after a number
     ("18 dollars", ``5\\text{ cm}``, "12 cm^2", "5cm"; not "2ab" nor "2 x^2"), a leading
-    "x =", a trailing period and all whitespace; unwraps ``\\text{}``-like commands; ``\\dfrac``/``\\tfrac`` -> ``\\frac``,
+    "x =", a trailing period and all whitespace; unwraps ``\\text{}``-like commands;
+    ``\\dfrac``/``\\tfrac`` -> ``\\frac``,
     ``\\cdot``/``\\times`` -> ``*``, ``\\sqrt2`` -> ``\\sqrt{2}``, ``\\frac12`` -> ``\\frac{1}{2}``;
     writes plain numbers canonically: ``1,000`` -> ``1000``, ``18.00`` -> ``18``,
     ``0.5``/``\\frac{1}{2}``/``2/4`` -> ``1/2`` (percentages keep their number: ``50%`` -> ``50``).
@@ -492,24 +494,35 @@ def _to_sympy(sympy, node):
 
 
 def _sympy_equal(sympy, a, b, decimals: int) -> bool:
-    """a == b exactly, or simplify(a - b) == 0, or (real numbers) equal after rounding to ``decimals``."""
+    """Whether two parser ASTs are equal expressions (runs in the worker).
+
+    Identical; or, without symbols, real values equal after rounding to ``decimals`` places;
+    else simplify(a - b) == 0, after a quick rejection when the two differ at one of two
+    fixed rational points.
+    """
     x, y = _to_sympy(sympy, a), _to_sympy(sympy, b)
     if x == y:
         return True
-    diff = sympy.simplify(x - y)
-    if diff == 0:
-        return True
-    if x.free_symbols or y.free_symbols:
-        return False
-    vx, vy = sympy.N(x, 50), sympy.N(y, 50)
-    if not (vx.is_real and vy.is_real and vx.is_finite and vy.is_finite):
-        return False
-    return round(Fraction(str(vx)), decimals) == round(Fraction(str(vy)), decimals)
+    symbols = sorted(x.free_symbols | y.free_symbols, key=str)
+    if not symbols:
+        vx, vy = sympy.N(x, 50), sympy.N(y, 50)
+        if vx.is_real and vy.is_real and vx.is_finite and vy.is_finite:
+            return round(Fraction(str(vx)), decimals) == round(Fraction(str(vy)), decimals)
+    for origin in (sympy.Rational(7, 3), sympy.Rational(-5, 11)):
+        point = {symbol: origin + i for i, symbol in enumerate(symbols)}
+        try:
+            vx, vy = complex(sympy.N(x.subs(point), 30)), complex(sympy.N(y.subs(point), 30))
+        except (TypeError, ValueError):  # a pole or an undefined value: not decisive
+            continue
+        finite = all(map(math.isfinite, (vx.real, vx.imag, vy.real, vy.imag)))
+        if finite and abs(vx - vy) > 1e-9 * max(1.0, abs(vx), abs(vy)):
+            return False
+    return sympy.simplify(x - y) == 0
 
 
 def _serve() -> None:
     """Worker loop: read JSON requests {a, b, decimals} from stdin, answer {"equal": bool}."""
-    try:  # die with the parent, and cap memory, where the OS allows it
+    try:  # die with the parent (thread that started it), and cap memory, where the OS allows it
         import ctypes
         import signal
 
@@ -545,9 +558,11 @@ class _SymbolicWorker:
         self._proc = None
         self._ready = False
         self._buffer = b""
-        self._warned = False
+        self._failed = False  # the worker could not start once: stop trying
+        self._owner = os.getpid()
 
     def _start(self) -> None:
+        self._owner = os.getpid()
         self._proc = subprocess.Popen(
             [sys.executable, "-c", _BOOT, os.path.abspath(__file__)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0,
@@ -576,6 +591,10 @@ class _SymbolicWorker:
         return line.decode()
 
     def _ensure_ready(self) -> bool:
+        if self._failed:
+            return False
+        if self._owner != os.getpid():  # a forked child: the parent's worker is not ours to use
+            self._proc, self._ready, self._buffer = None, False, b""
         if self._proc is None or self._proc.poll() is not None:
             self._stop()
             self._start()
@@ -583,10 +602,9 @@ class _SymbolicWorker:
             self._ready = self._readline(time.monotonic() + WORKER_START_TIMEOUT_S) == "ready"
             if not self._ready:
                 self._stop()
-                if not self._warned:
-                    warnings.warn("rlr.rewards.verifier: the sympy worker did not start; "
-                                  "symbolic answers are scored as not equal", RuntimeWarning)
-                    self._warned = True
+                self._failed = True
+                warnings.warn("rlr.rewards.verifier: the sympy worker did not start; "
+                              "symbolic answers are scored as not equal", RuntimeWarning)
         return self._ready
 
     def warm_up(self) -> bool:
@@ -613,8 +631,9 @@ class _SymbolicWorker:
             return json.loads(line).get("equal") is True
 
     def close(self) -> None:
-        with self._lock:
-            self._stop()
+        if self._owner == os.getpid():  # never kill the worker of a parent process
+            with self._lock:
+                self._stop()
 
 
 _WORKER = _SymbolicWorker()
@@ -629,7 +648,9 @@ def warm_up() -> bool:
     return _WORKER.warm_up()
 
 
-def symbolic_equal(a: str, b: str, decimals: int = ROUND_DECIMALS, timeout_s: float = SYMBOLIC_TIMEOUT_S) -> bool:
+def symbolic_equal(
+    a: str, b: str, decimals: int = ROUND_DECIMALS, timeout_s: float = SYMBOLIC_TIMEOUT_S
+) -> bool:
     """Whether two normalised answers are equal expressions, checked by sympy in the worker
     within ``timeout_s`` (False on timeout, on refusal by the parser, or on any error)."""
     x, y = parse_expression(a), parse_expression(b)
@@ -680,34 +701,54 @@ def _structure(s: str) -> tuple[tuple[str, ...], list[str]]:
     return (("unordered",), items) if len(items) > 1 else (("single",), [s])
 
 
-def _scalar_equal(a: str, b: str, decimals: int, timeout_s: float) -> bool:
+def _cheap_equal(a: str, b: str, decimals: int) -> bool | None:
+    """Equal strings, or two plain numbers compared exactly / after rounding; None: undecided."""
     if a == b:
         return True
     x, y = _to_fraction(a), _to_fraction(b)
-    if x is not None and y is not None:
-        return x == y or round(x, decimals) == round(y, decimals)
-    return symbolic_equal(a, b, decimals, timeout_s)
+    if x is None or y is None:
+        return None
+    return x == y or round(x, decimals) == round(y, decimals)
 
 
-def _unordered_equal(xs: list[str], ys: list[str], decimals: int, timeout_s: float) -> bool:
-    left = list(ys)
+def _scalar_equal(a: str, b: str, decimals: int, deadline: float) -> bool:
+    cheap = _cheap_equal(a, b, decimals)
+    if cheap is not None:
+        return cheap
+    left = deadline - time.monotonic()
+    return left > 0 and symbolic_equal(a, b, decimals, left)
+
+
+def _unordered_equal(xs: list[str], ys: list[str], decimals: int, deadline: float) -> bool:
+    """Greedy matching, cheap comparisons first so that sympy only sees the leftovers."""
+    xs, ys = list(xs), list(ys)
+    for x in list(xs):
+        match = next((i for i, y in enumerate(ys) if _cheap_equal(x, y, decimals)), None)
+        if match is not None:
+            xs.remove(x)
+            ys.pop(match)
     for x in xs:
-        match = next((i for i, y in enumerate(left) if _scalar_equal(x, y, decimals, timeout_s)), None)
+        match = next((i for i, y in enumerate(ys) if _scalar_equal(x, y, decimals, deadline)), None)
         if match is None:
             return False
-        left.pop(match)
+        ys.pop(match)
     return True
 
 
-def answers_match(pred: str, ref: str, decimals: int = ROUND_DECIMALS, timeout_s: float = SYMBOLIC_TIMEOUT_S) -> bool:
+def answers_match(
+    pred: str, ref: str, decimals: int = ROUND_DECIMALS, timeout_s: float = SYMBOLIC_TIMEOUT_S
+) -> bool:
     """Whether answer ``pred`` equals answer ``ref`` (both already extracted).
 
     Equal after ``normalize_answer``; else, element by element (tuples / intervals in
     order with the same brackets, sets and comma lists in any order, at most MAX_ELEMENTS):
     equal numbers, exactly or after rounding both to ``decimals`` places (integers hence
-    compare exactly; ``0.333333`` = ``1/3``, ``3.14159`` != ``\\pi``), else equal under sympy (simplify(a - b) == 0) within ``timeout_s``. Never raises.
+    compare exactly; ``0.333333`` = ``1/3``, ``3.14159`` != ``\\pi``), else equal under sympy
+    (simplify(a - b) == 0). ``timeout_s`` bounds all the symbolic work of one call
+    (an unmatched element is then "not equal"). Never raises.
     """
     try:
+        deadline = time.monotonic() + timeout_s
         a, b = normalize_answer(pred), normalize_answer(ref)
         if not a or not b:
             return False
@@ -719,8 +760,8 @@ def answers_match(pred: str, ref: str, decimals: int = ROUND_DECIMALS, timeout_s
         if kind_a != kind_b or len(items_a) != len(items_b) or len(items_a) > MAX_ELEMENTS:
             return False
         if kind_a == ("unordered",):
-            return _unordered_equal(items_a, items_b, decimals, timeout_s)
-        return all(_scalar_equal(x, y, decimals, timeout_s) for x, y in zip(items_a, items_b))
+            return _unordered_equal(items_a, items_b, decimals, deadline)
+        return all(_scalar_equal(x, y, decimals, deadline) for x, y in zip(items_a, items_b))
     except Exception:  # noqa: BLE001  (bad input means "incorrect", never an exception)
         return False
 
@@ -730,7 +771,7 @@ def verify(response: str, reference: str, timeout_s: float = SYMBOLIC_TIMEOUT_S)
 
     ``reference`` is a full solution (its answer is extracted as for the response: boxed,
     ``####``, "answer:") or a bare answer. A response with no extractable answer, and any
-    bad input, scores 0.0; symbolic checks stop after ``timeout_s``.
+    bad input, scores 0.0; symbolic checks stop after ``timeout_s`` in all.
     """
     try:
         pred = extract_answer(response)
