@@ -124,15 +124,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `rlr` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
     if argv and argv[0] in SUBCOMMANDS:
         status = _resolve(SUBCOMMANDS[argv[0]])(argv[1:])
         return int(status or 0)
     try:
         run(argv)
-    except ConfigError as e:
+    except user_errors() as e:
         print(f"rlr: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The exceptions a user causes (a config key, a checkpoint path, a data file): reported as
+    one line `rlr: error: ...` with exit status 2 instead of a traceback."""
+    from rlr.data.builders._io import DataFormatError, RecordError
+    from rlr.train.checkpoint import CheckpointError
+
+    return ConfigError, CheckpointError, DataFormatError, RecordError
 
 
 if __name__ == "__main__":

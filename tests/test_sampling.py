@@ -312,3 +312,21 @@ def test_bad_configs_and_prompts_raise_naming_the_field():
         check_prompts(np.zeros((2, 4), np.int32), ok & np.array([True, True, True, False]))
     with pytest.raises(ValueError, match="integer"):
         check_prompts(np.zeros((2, 4), np.float32), ok)
+
+
+def test_num_tokens_keeps_padding_ids_of_the_embedding_out_of_the_sample():
+    """A model whose embedding is padded beyond the tokenizer (num_tokens < V) never samples an
+    id >= num_tokens, even at temperature 1 from a random model; log-probs stay the unmasked
+    policy's (equal to teacher forcing)."""
+    _, model, params = hf_and_rlr()
+    config = SamplingConfig(temperature=1.0, max_new_tokens=R, num_samples=2, pad_id=PAD,
+                            num_tokens=5)
+    rollout = sampler(config)(params, *prompts(0), jax.random.key(3))
+    tokens, mask = np.asarray(rollout.response_tokens), np.asarray(rollout.response_mask)
+    assert mask.all() and tokens.max() < 5 and len(np.unique(tokens)) > 1
+    p = rollout.prompt_tokens.shape[1]
+    seq = np.concatenate([rollout.prompt_tokens, tokens], 1)
+    full_mask = np.concatenate([rollout.prompt_mask, mask], 1)
+    positions = np.maximum(np.cumsum(full_mask, 1) - 1, 0).astype(np.int32)
+    forced, _ = next_token_logprobs(model, params, seq, positions, full_mask, 16)
+    np.testing.assert_allclose(np.asarray(rollout.logprobs), np.asarray(forced)[:, p - 1:], atol=TOL)

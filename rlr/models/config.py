@@ -79,11 +79,21 @@ def tiny(**changes) -> ModelConfig:
     return base.replace(**changes)
 
 
+def synthetic_1m(**changes) -> ModelConfig:
+    """The ~1M-parameter policy of the synthetic-task studies (`make demo`): 4 layers, d=128,
+    GQA 4/2 heads, vocabulary 64 (the character tokenizer's 51 ids fit)."""
+    base = ModelConfig(vocab_size=64, hidden_size=128, intermediate_size=512, num_layers=4,
+                       num_heads=4, num_kv_heads=2, head_dim=32, qkv_bias=True,
+                       tie_embeddings=False, max_position_embeddings=512)
+    return base.replace(**changes)
+
+
 _QWEN2 = dict(rms_norm_eps=1e-6, qkv_bias=True, architecture="qwen2")
 _LLAMA = dict(rms_norm_eps=1e-5, qkv_bias=False, architecture="llama")
 
 NAMED_CONFIGS = {
     "tiny": tiny(),
+    "synthetic-1m": synthetic_1m(),
     "qwen2.5-0.5b": ModelConfig(vocab_size=151936, hidden_size=896, intermediate_size=4864,
                                 num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64,
                                 rope_theta=1e6, tie_embeddings=True,

@@ -52,7 +52,9 @@ class SamplingConfig:
     max_new_tokens: response length R. num_samples: n responses a prompt, rows contiguous.
     eos_ids: token ids that end a response (kept in it). stop_sequences: token-id tuples that
     end a response when its last generated tokens equal one (kept in it). pad_id: the token
-    written after a row has finished (its mask is False).
+    written after a row has finished (its mask is False). num_tokens: sample only ids below it
+    (the tokenizer's vocabulary, when the model's embedding is padded larger: a padding id
+    never decodes); 0 = every id. Log-probs stay those of the full (unmasked) policy.
     """
 
     temperature: float = 1.0
@@ -63,6 +65,7 @@ class SamplingConfig:
     eos_ids: tuple = ()
     stop_sequences: tuple = ()
     pad_id: int = 0
+    num_tokens: int = 0
 
     def __post_init__(self):
         # Lists become tuples so the config stays hashable.
@@ -78,6 +81,7 @@ class SamplingConfig:
             (all(len(s) > 0 for s in self.stop_sequences), "stop_sequences",
              "non-empty token sequences"),
             (all(i >= 0 for i in self.eos_ids), "eos_ids", "non-negative token ids"),
+            (self.num_tokens >= 0, "num_tokens", ">= 0 (0 = every id)"),
         ]
         for ok, name, expected in checks:
             if not ok:
@@ -131,7 +135,11 @@ def _emit(state: _LoopState, logits: jax.Array, rng: jax.Array,
           config: SamplingConfig) -> _LoopState:
     """Sample the token of `state.step` from logits [N, V], record it, update stops."""
     key = jax.random.fold_in(rng, state.step)
-    sampled = filters.sample_tokens(logits, key, config.temperature, config.top_k, config.top_p)
+    allowed = logits
+    if config.num_tokens:
+        ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+        allowed = jnp.where(ids < config.num_tokens, logits, -jnp.inf)
+    sampled = filters.sample_tokens(allowed, key, config.temperature, config.top_k, config.top_p)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     logp = jnp.take_along_axis(logits, sampled[:, None], axis=-1)[:, 0] - log_z
     valid = ~state.done

@@ -30,6 +30,23 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read; the message names its path."""
 
 
+REPLICA_PARALLEL_MIN_BYTES = 64 << 20
+
+
+def _register_array_handler() -> None:
+    """Let orbax split the write of a replicated array across its replicas only when each
+    replica's slice is >= REPLICA_PARALLEL_MIN_BYTES. Orbax's default slices every replicated
+    array, which compiles one `jit(slice)` per array and shape: ~6 s on the first save of a 1M
+    parameter model on 8 CPU devices, against 0.4 s without; for small arrays one replica
+    writing the whole array is as fast."""
+    handler = ocp.type_handlers.ArrayHandler(
+        min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES)
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
+_register_array_handler()
+
+
 # ----------------------------------------------------------------------------- typed PRNG keys
 
 

@@ -1,0 +1,728 @@
+"""Direct preference optimisation: offline DPO (and its variants) on fixed preference pairs, and
+iterative (online) DPO on pairs sampled from the policy being trained.
+
+    rlr --config experiments/dpo.py --workdir runs/dpo               # synthetic pairs, from runs/sft, CPU
+    rlr --config experiments/dpo.py:hh_rlhf --workdir runs/dpo-hh    # HH-RLHF on a local checkpoint
+    rlr --config experiments/iterative_dpo.py --workdir runs/idpo    # rounds of sample -> rank -> DPO
+
+Where pairs come from (config.dpo.pairs):
+- corrupt: per train problem of the synthetic task, its reference solution over a flawed one
+  (rlr.data.synthetic.corrupt with a mode of config.dpo.corruptions); held out: the same from
+  the held-out problems.
+- labelled: the responses of a label run (config.dpo.data_path: its labelled.jsonl or run dir):
+  a correct response over an incorrect one to the same question; held out: the pairs of some
+  questions of the file (never trained on).
+- hh_rlhf | preference_pairs: the chosen / rejected replies of rlr.data.datasets.load_split
+  (upstream files in config.dpo.data_path, prepared under config.data.data_dir; splits
+  config.data.train_split / eval_split); prompts are used verbatim (HH's "\\n\\nHuman: ...").
+- sampled: iterative DPO (Xiong et al. 2024, "Iterative Preference Learning from Human Feedback";
+  Pang et al. 2024, "Iterative Reasoning Preference Optimization"). config.dpo.iterations rounds;
+  each samples config.dpo.num_samples responses to config.dpo.prompts_per_iteration train
+  problems from the current policy, scores them (the task's answer checker, or the outcome
+  reward model of config.dpo.rm_source), pairs each prompt's best response with its worst
+  (none when all score alike), writes them to WORKDIR/pairs/round_<r>.jsonl and runs
+  num_steps / iterations updates on them; config.dpo.refresh_reference makes the policy at the
+  start of each round the reference. Held out: pairs sampled the same way from the initial
+  policy on the held-out problems.
+
+The reference model is the initial policy (config.dpo.policy_source); its log-probs are computed
+once per batch without gradient inside the jitted step (rlr/train/dpo_step.py). Metrics every
+update: loss, rewards/{chosen, rejected, margin, accuracy}, logps/*, grad_norm (and round/* for
+sampled pairs); every config.eval.every_steps: eval/pair_{loss, accuracy, margin, chosen, rejected}
+on the held-out pairs (implicit rewards against the initial policy), eval/accuracy
+(greedy, on config.eval.num_problems held-out problems) and eval/response_length. Resumes from WORKDIR's newest checkpoint (policy, reference
+when refreshed, data position, round); exports the final policy (WORKDIR/params).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+import logging
+import os
+import pathlib
+import random
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rlr.config import ConfigError, to_config_dict, to_dataclass
+from rlr.data import synthetic
+from rlr.data.batching import BatchIterator, bucket_length
+from rlr.data.builders._io import get_field, parse_jsonl
+from rlr.data.tokenizer import Tokenizer
+from rlr.models import Transformer
+from rlr.parallel import shard_batch
+from rlr.sampling import Sampler
+from rlr.train import common, dpo_step
+from rlr.train.metrics import MetricsWriter
+from rlr.train.optim import make_optimizer
+from rlr.train.sft import check_batch_size
+from rlr.train.state import create_train_state
+
+log = logging.getLogger(__name__)
+
+PAIR_SOURCES = ("corrupt", "labelled", "hh_rlhf", "preference_pairs", "sampled")
+# The rlr.data.synthetic.corrupt modes that leave a wrong step (needless_step leaves none).
+FLAWED_MODES = ("wrong_result", "wrong_operator", "wrong_operand", "skipped_step")
+LABELLED_FILE = "labelled.jsonl"  # what the label stage (rlr/train/label.py) writes in its workdir
+PAIRS_DIR = "pairs"  # WORKDIR/pairs/round_<r>.jsonl: the pairs of each sampled round
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOConfig:
+    """The dpo group of an experiment (config.dpo); `dpo_group()` makes its ConfigDict."""
+
+    policy_source: str = ""  # initial policy = reference: rlr run dir, HF dir; "" = config.model.hf_checkpoint
+    pairs: str = "corrupt"  # where pairs come from: corrupt | labelled | hh_rlhf | preference_pairs | sampled
+    data_path: str = ""  # labelled: labelled.jsonl or its run dir; hh_rlhf / preference_pairs: upstream files
+    dataset_config: str = ""  # hh_rlhf: the builder config (all, helpful_base, ...); "" = the builder's default
+    corruptions: tuple = FLAWED_MODES  # corrupt: the rlr.data.synthetic.corrupt modes of rejected solutions
+    pairs_per_prompt: int = 1  # corrupt / labelled: the most pairs made of one question
+    max_prompt_len: int = 0  # > 0: a longer prompt keeps its last this many tokens; 0: no limit
+    eval_pairs: int = 64  # held-out pairs evaluated (loss, reward accuracy, margin); 0: none
+    num_steps: int = 400  # optimizer updates, all rounds together
+    batch_size: int = 32  # pairs an update, all hosts; a multiple of the mesh's data x fsdp
+    loss: str = "sigmoid"  # sigmoid | cdpo | robust | ipo | hinge (rlr.losses.dpo) | simpo (no reference)
+    beta: float = 0.1  # KL coefficient (DPO kinds) / reward scale (SimPO)
+    label_smoothing: float = 0.0  # cdpo / robust: the assumed label-flip rate eps in [0, 0.5)
+    simpo_gamma: float = 0.5  # SimPO's target reward margin
+    average_logps: bool = False  # DPO kinds: score a response by its mean token log-prob (IPO as stated)
+    logprob_chunk: int = 128  # time chunk of the log-prob computation
+    iterations: int = 1  # sampled: rounds of sample -> rank -> update (num_steps / iterations updates each)
+    prompts_per_iteration: int = 64  # sampled: train problems sampled a round
+    num_samples: int = 4  # sampled: responses a problem, the best and the worst become a pair
+    temperature: float = 1.0  # sampled: sampling temperature
+    sample_batch_size: int = 32  # sampled: prompts a sampling / scoring call; a multiple of data x fsdp
+    rm_source: str = ""  # sampled: an ORM run dir that ranks the samples; "" = the answer checker
+    refresh_reference: bool = False  # sampled: the policy at the start of each round becomes the reference
+
+    def __post_init__(self):
+        object.__setattr__(self, "corruptions", tuple(self.corruptions))
+        checks = [
+            (self.pairs in PAIR_SOURCES, "pairs", f"one of {PAIR_SOURCES}"),
+            (self.pairs != "labelled" or bool(self.data_path), "data_path",
+             "a labelled.jsonl or a label run directory (config.dpo.pairs='labelled')"),
+            (bool(self.corruptions) and set(self.corruptions) <= set(synthetic.CORRUPTION_MODES),
+             "corruptions", f"a non-empty subset of {synthetic.CORRUPTION_MODES}"),
+            (self.iterations >= 1, "iterations", ">= 1"),
+            (self.iterations == 1 or self.pairs == "sampled", "iterations",
+             "1 unless config.dpo.pairs='sampled' (offline pairs do not change between rounds)"),
+            (self.num_steps >= 1 and self.num_steps % self.iterations == 0, "num_steps",
+             f"a positive multiple of config.dpo.iterations={self.iterations}"),
+            (self.num_samples >= 2, "num_samples", ">= 2 (a pair needs two responses)"),
+            (not self.rm_source or self.pairs == "sampled", "rm_source",
+             "'' unless config.dpo.pairs='sampled' (it ranks sampled responses)"),
+            (not self.refresh_reference or self.pairs == "sampled", "refresh_reference",
+             "False unless config.dpo.pairs='sampled' (the reference is refreshed each round)"),
+            (self.label_smoothing == 0 or self.loss in ("cdpo", "robust"), "label_smoothing",
+             "0 unless config.dpo.loss is cdpo or robust"),
+        ]
+        checks += [(getattr(self, name) >= 1, name, ">= 1") for name in
+                   ("pairs_per_prompt", "batch_size", "prompts_per_iteration", "sample_batch_size")]
+        checks += [(getattr(self, name) >= 0, name, ">= 0") for name in ("max_prompt_len", "eval_pairs")]
+        for ok, name, expected in checks:
+            if not ok:
+                raise ConfigError(f"config.dpo.{name}={getattr(self, name)!r}: expected {expected}")
+        try:
+            self.preference()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def preference(self) -> dpo_step.PreferenceConfig:
+        """The objective's static settings (the jitted step's)."""
+        return dpo_step.PreferenceConfig(loss=self.loss, beta=self.beta,
+                                         label_smoothing=self.label_smoothing,
+                                         simpo_gamma=self.simpo_gamma,
+                                         average_logps=self.average_logps,
+                                         logprob_chunk=self.logprob_chunk)
+
+    @property
+    def steps_per_round(self) -> int:
+        return self.num_steps // self.iterations
+
+
+def dpo_group(**changes) -> ml_collections.ConfigDict:
+    """The config.dpo group: the fields (and defaults) of DPOConfig, with `changes`."""
+    return to_config_dict(DPOConfig(**changes))
+
+
+def as_dpo_config(values: Any) -> DPOConfig:
+    """A DPOConfig from config.dpo (a ConfigDict or dict); an unknown key is an error naming it."""
+    return values if isinstance(values, DPOConfig) else to_dataclass(DPOConfig, values, where="dpo")
+
+
+# ----------------------------------------------------------------------------- pairs
+
+
+class Pair(NamedTuple):
+    """One preference: the prompt text as the model reads it (chat format applied), the
+    preferred response and the dispreferred one."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+def corrupt_pairs(problems: Sequence[synthetic.Problem], tokenizer: Tokenizer, data: Any,
+                  modes: Sequence[str], per_prompt: int, seed: int) -> list[Pair]:
+    """Pairs of the synthetic task: each problem's reference solution over up to `per_prompt`
+    flawed ones, one a corruption mode (modes tried in a random order; a mode that cannot
+    corrupt a problem is skipped). Deterministic in `seed`."""
+    d = common.as_data_config(data)
+    rng = random.Random(seed)
+    pairs = []
+    for problem in problems:
+        prompt = common.prompt_text(tokenizer, problem.question, d.prompt_template)
+        made: list[str] = []
+        for mode in rng.sample(list(modes), len(modes)):
+            if len(made) == per_prompt:
+                break
+            try:
+                text, _ = synthetic.corrupt(problem, mode, rng)
+            except ValueError:  # no corruption of this mode fits the problem
+                continue
+            if text != problem.solution and text not in made:
+                made.append(text)
+                pairs.append(Pair(prompt, problem.solution, text))
+    return pairs
+
+
+class LabelledResponse(NamedTuple):
+    """A response of the label stage: its question, its text and whether its answer is right."""
+
+    question: str
+    response: str
+    correct: bool
+
+
+def labelled_file(path: str) -> str:
+    """The labelled.jsonl of config.dpo.data_path (the file, or a label run directory)."""
+    file = os.path.join(path, LABELLED_FILE) if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise ConfigError(f"config.dpo.data_path={path!r}: no such file {file!r} (expected a "
+                          f"{LABELLED_FILE} or the workdir of a label run)")
+    return file
+
+
+def _parse_labelled(record: dict) -> LabelledResponse:
+    return LabelledResponse(get_field(record, "question", str), get_field(record, "response", str),
+                            bool(get_field(record, "correct", (bool, int))))
+
+
+def read_labelled(path: str) -> list[LabelledResponse]:
+    """The responses of a labelled.jsonl (one JSON object a line with question, response, correct;
+    other keys are ignored). A malformed line raises DataFormatError naming the file and line."""
+    return [record for _, record in parse_jsonl(pathlib.Path(labelled_file(path)), _parse_labelled)]
+
+
+def labelled_pairs(records: Sequence[LabelledResponse], tokenizer: Tokenizer, data: Any,
+                   per_prompt: int, seed: int) -> dict[str, list[Pair]]:
+    """Pairs of labelled responses, grouped by question (in file order): for each question up to
+    `per_prompt` of its (correct, incorrect) combinations, drawn at random without repeats;
+    a question without both kinds gives none."""
+    d = common.as_data_config(data)
+    rng = random.Random(seed)
+    grouped: dict[str, tuple[list[str], list[str]]] = {}
+    for r in records:
+        correct, wrong = grouped.setdefault(r.question, ([], []))
+        texts = correct if r.correct else wrong
+        if r.response not in texts:
+            texts.append(r.response)
+    out = {}
+    for question, (correct, wrong) in grouped.items():
+        combos = [(c, w) for c in correct for w in wrong]
+        if not combos:
+            continue
+        prompt = common.prompt_text(tokenizer, question, d.prompt_template)
+        out[question] = [Pair(prompt, c, w) for c, w in rng.sample(combos, min(per_prompt, len(combos)))]
+    return out
+
+
+def hold_out(grouped: dict[str, list[Pair]], num_eval: int, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """(train, held-out) pairs: whole questions, taken in a seeded random order, go to the
+    held-out side until it has at least `num_eval` pairs (so no held-out question is trained on)."""
+    order = list(grouped)
+    random.Random(seed).shuffle(order)
+    train, held = [], []
+    for question in order:
+        (held if len(held) < num_eval else train).extend(grouped[question])
+    return train, held
+
+
+def dataset_pairs(name: str, split: str, data: Any, manual_dir: str, builder_config: str,
+                  limit: Optional[int] = None) -> list[Pair]:
+    """The pairs of a split of a preference dataset read with rlr.data.datasets.load_split
+    (prepared under config.data.data_dir from the upstream files in `manual_dir`): the record's
+    prompt verbatim, its chosen and rejected replies. `limit`: the first `limit` only."""
+    from rlr.data.datasets import load_split
+
+    d = common.as_data_config(data)
+    if not d.data_dir:
+        raise ConfigError(f"config.dpo.pairs={name!r}: set config.data.data_dir (where load_split "
+                          f"prepares the dataset)")
+    source = load_split(name, split, d.data_dir, manual_dir or None, config=builder_config or None)
+    count = len(source) if limit is None else min(limit, len(source))
+    pairs = []
+    for start in range(0, count, 1024):
+        records = source.__getitems__(range(start, min(start + 1024, count)))
+        pairs.extend(Pair(r["prompt"], r["chosen"], r["rejected"]) for r in records)
+    return pairs
+
+
+def best_worst_pairs(prompts: Sequence[str], responses: Sequence[Sequence[str]],
+                     scores: Sequence[Sequence[float]], seed: Any) -> list[Pair]:
+    """One pair a prompt: a highest-scored response over a lowest-scored one (ties broken at
+    random by numpy's default_rng(seed)); no pair when all its responses score alike (the
+    rejection-sampling pairs of iterative DPO, Xiong et al. 2024)."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for prompt, texts, row in zip(prompts, responses, scores):
+        row = np.asarray(row, np.float64)
+        if row.max() <= row.min():
+            continue
+        best = rng.choice(np.flatnonzero(row == row.max()))
+        worst = rng.choice(np.flatnonzero(row == row.min()))
+        pairs.append(Pair(prompt, texts[best], texts[worst]))
+    return pairs
+
+
+def write_pairs(path: str, pairs: Sequence[Pair]) -> None:
+    """Pairs to a JSONL file, one {"prompt", "chosen", "rejected"} a line (process 0 writes)."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        for p in pairs:
+            f.write(json.dumps(p._asdict()) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def read_pairs(path: str) -> list[Pair]:
+    """The pairs of a write_pairs file (errors name the file and line)."""
+    parse = lambda r: Pair(*(get_field(r, k, str) for k in Pair._fields))  # noqa: E731
+    return [pair for _, pair in parse_jsonl(pathlib.Path(path), parse)]
+
+
+# ----------------------------------------------------------------------------- pair arrays
+
+
+PairRows = dict[str, np.ndarray]  # the PairBatch fields as host arrays, N pairs
+
+
+def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[Pair], data: Any, max_prompt_len: int = 0,
+                 prompt_length: Optional[int] = None,
+                 response_length: Optional[int] = None) -> PairRows:
+    """Host arrays of pairs (the PairBatch fields): prompts left-padded (common.encode_prompts, to
+    `prompt_length` or the bucketed longest; with max_prompt_len > 0 cut to their last
+    max_prompt_len tokens), chosen and rejected responses right-padded to one length
+    (common.encode_responses, eos added, cut to config.data.max_response_len), pair_mask True."""
+    d = common.as_data_config(data)
+    if not pairs:
+        raise ValueError("encode_pairs: no pairs")
+    prompt_tokens, prompt_mask = common.encode_prompts(tokenizer, [p.prompt for p in pairs],
+                                                       d.prompt_bucket)
+    if max_prompt_len and prompt_tokens.shape[1] > max_prompt_len:
+        cut = int(np.sum(prompt_mask[:, :-max_prompt_len].any(axis=1)))
+        if cut:
+            log.warning("%d of %d prompts are longer than config.dpo.max_prompt_len=%d tokens; "
+                        "they keep their last %d", cut, len(pairs), max_prompt_len, max_prompt_len)
+        prompt_tokens, prompt_mask = prompt_tokens[:, -max_prompt_len:], prompt_mask[:, -max_prompt_len:]
+    if prompt_length is not None:
+        extra = prompt_length - prompt_tokens.shape[1]
+        if extra < 0:
+            raise ValueError(f"encode_pairs: prompts of {prompt_tokens.shape[1]} tokens do not fit "
+                             f"prompt_length={prompt_length}")
+        prompt_tokens = np.pad(prompt_tokens, ((0, 0), (extra, 0)), constant_values=tokenizer.pad_id)
+        prompt_mask = np.pad(prompt_mask, ((0, 0), (extra, 0)))
+    tokens, mask = common.encode_responses(tokenizer, [p.chosen for p in pairs] + [p.rejected for p in pairs],
+                                           d.response_bucket, max_len=d.max_response_len,
+                                           length=response_length)
+    n = len(pairs)
+    return {"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask,
+            "chosen_tokens": tokens[:n], "chosen_mask": mask[:n],
+            "rejected_tokens": tokens[n:], "rejected_mask": mask[n:],
+            "pair_mask": np.ones((n,), bool)}
+
+
+def _pair_batch(rows: PairRows, indices: Any) -> dpo_step.PairBatch:
+    index = np.asarray(indices)
+    return dpo_step.PairBatch(**{k: v[index] for k, v in rows.items()})
+
+
+def pair_iterator(rows: PairRows, global_batch: int, seed: int,
+                  state: Optional[dict] = None) -> BatchIterator:
+    """This host's shuffled PairBatches of `rows`, epoch after epoch (from a saved position
+    `state`). Fewer pairs than a batch are repeated to fill one."""
+    n = len(rows["pair_mask"])
+    indices = np.arange(max(n, global_batch)) % n
+    collate = functools.partial(_pair_batch, rows)
+    if state:
+        return BatchIterator.from_state(state, indices, collate=collate)
+    return BatchIterator(indices, global_batch // jax.process_count(), jax.process_index(),
+                         jax.process_count(), seed=seed, collate=collate)
+
+
+def eval_batches(rows: PairRows, batch_size: int) -> list[dpo_step.PairBatch]:
+    """All pairs in PairBatches of batch_size; the last filled with copies whose pair_mask is off."""
+    n = len(rows["pair_mask"])
+    batches = []
+    for start in range(0, n, batch_size):
+        slots = np.arange(start, start + batch_size)
+        batch = _pair_batch(rows, np.minimum(slots, n - 1))
+        batches.append(batch._replace(pair_mask=batch.pair_mask & (slots < n)))
+    return batches
+
+
+# ----------------------------------------------------------------------------- sampled pairs
+
+
+ScoreFn = Callable[[Sequence[common.TaskExample], Sequence[str], Sequence[Sequence[str]]], list[list[float]]]
+
+
+def checker_scores(data: Any) -> ScoreFn:
+    """score(examples, prompts, responses) -> 1 / 0 per response: common.answer_correct."""
+    def score(examples, prompts, responses):
+        return [[float(common.answer_correct(data, e, r)) for r in rs] for e, rs in zip(examples, responses)]
+
+    return score
+
+
+def rm_scores(s: common.Setup, rm_model: Transformer, rm_params: Any, data: Any,
+              prompt_length: int, response_length: int, rows_per_call: int) -> ScoreFn:
+    """score(examples, prompts, responses) -> the outcome reward model's verdict per response
+    (common.outcome_scores: the score head at the last response token), `rows_per_call`
+    responses a call, all at one compiled shape ([rows, prompt_length + response_length])."""
+    d = common.as_data_config(data)
+
+    @jax.jit
+    def verdicts(params, prompt_tokens, prompt_mask, response_tokens, response_mask):
+        batch = common.sequence_inputs(prompt_tokens, prompt_mask, response_tokens, response_mask)
+        return common.outcome_scores(common.response_scores(rm_model, params, batch), response_mask)
+
+    def score(examples, prompts, responses):
+        flat_prompts = [p for p, rs in zip(prompts, responses) for _ in rs]
+        flat = [r for rs in responses for r in rs]
+        if not flat:
+            return [[] for _ in responses]
+        pt, pm = common.encode_prompts(s.tokenizer, flat_prompts, d.prompt_bucket, length=prompt_length)
+        rt, rmask = common.encode_responses(s.tokenizer, flat, d.response_bucket,
+                                            max_len=d.max_response_len, length=response_length)
+        out = []
+        with common.model_context(s.mesh):
+            for start in range(0, len(flat), rows_per_call):
+                index = np.minimum(np.arange(start, start + rows_per_call), len(flat) - 1)
+                arrays = shard_batch((pt[index], pm[index], rt[index], rmask[index]), s.mesh)
+                out.extend(np.asarray(jax.device_get(verdicts(rm_params, *arrays)))[:len(flat) - start])
+        it = iter(float(v) for v in out)
+        return [[next(it) for _ in rs] for rs in responses]
+
+    return score
+
+
+def sample_pairs(sampler: Sampler, params: Any, tokenizer: Tokenizer, data: Any,
+                 examples: Sequence[common.TaskExample], score_fn: ScoreFn, rng: jax.Array,
+                 batch_size: int, seed: Any) -> tuple[list[Pair], dict[str, float]]:
+    """Sample sampler.config.num_samples responses to each example's prompt with `params`, score
+    them with score_fn and pair the best with the worst (best_worst_pairs; ties broken by
+    numpy's default_rng(seed)). Returns (pairs,
+    stats: round/score (mean score of the samples), round/pairs, round/prompts)."""
+    d = common.as_data_config(data)
+    prompts = [common.prompt_text(tokenizer, e.question, d.prompt_template) for e in examples]
+    responses = common.generate_texts(sampler, params, tokenizer, prompts, rng, batch_size, d.prompt_bucket)
+    scores = score_fn(examples, prompts, responses)
+    pairs = best_worst_pairs(prompts, responses, scores, seed)
+    mean = float(np.mean([v for row in scores for v in row])) if scores else 0.0
+    return pairs, {"round/score": mean, "round/pairs": float(len(pairs)),
+                   "round/prompts": float(len(prompts))}
+
+
+def round_examples(examples: Sequence[common.TaskExample], round_index: int, count: int,
+                   seed: int) -> list[common.TaskExample]:
+    """The `count` train problems of round `round_index`: consecutive slices of one seeded
+    permutation of the problems, wrapping around."""
+    order = np.random.default_rng(seed).permutation(len(examples))
+    start = round_index * count
+    return [examples[order[(start + i) % len(examples)]] for i in range(count)]
+
+
+def round_file(workdir: str, round_index: int) -> str:
+    return os.path.join(workdir, PAIRS_DIR, f"round_{round_index:03d}.jsonl")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _Data(NamedTuple):
+    """What the loop reads: train pairs (None for sampled rounds), held-out pairs, held-out
+    problems of the greedy accuracy, train problems of the sampled rounds."""
+
+    train: Optional[list[Pair]]
+    held_out: list[Pair]
+    eval_examples: list[common.TaskExample]
+    train_examples: list[common.TaskExample]
+
+
+def _offline_pairs(config: ml_collections.ConfigDict, c: DPOConfig, tokenizer: Tokenizer,
+                   data: common.DataConfig) -> tuple[list[Pair], list[Pair]]:
+    """(train, held-out) pairs of the offline sources."""
+    if c.pairs == "corrupt":
+        if data.task != "synthetic":
+            raise ConfigError(f"config.dpo.pairs='corrupt' corrupts synthetic-task solutions; "
+                              f"config.data.task={data.task!r}")
+        train = corrupt_pairs(common.synthetic_problems(data, "train"), tokenizer, data,
+                              c.corruptions, c.pairs_per_prompt, config.seed)
+        held = corrupt_pairs(common.synthetic_problems(data, "eval"), tokenizer, data,
+                             c.corruptions, 1, config.seed + 1)[:c.eval_pairs]
+        return train, held
+    if c.pairs == "labelled":
+        grouped = labelled_pairs(read_labelled(c.data_path), tokenizer, data, c.pairs_per_prompt,
+                                 config.seed)
+        return hold_out(grouped, c.eval_pairs, config.seed)
+    train = dataset_pairs(c.pairs, data.train_split, data, c.data_path, c.dataset_config)
+    held = dataset_pairs(c.pairs, data.eval_split, data, c.data_path, c.dataset_config,
+                         limit=c.eval_pairs) if c.eval_pairs else []
+    return train, held
+
+
+def _task_examples(config: ml_collections.ConfigDict, data: common.DataConfig,
+                   sampled: bool) -> tuple[list[common.TaskExample], list[common.TaskExample]]:
+    """(train problems (sampled rounds only), held-out problems of the greedy accuracy)."""
+    if data.task not in common.TASKS:
+        if sampled:
+            raise ConfigError(f"config.dpo.pairs='sampled' samples answers to problems; "
+                              f"config.data.task={data.task!r} is not one of {common.TASKS}")
+        return [], []
+    num = config.eval.num_problems
+    held = common.task_examples(data, "eval", limit=num) if num else []
+    return (common.task_examples(data, "train") if sampled else []), held
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Run DPO (config.dpo, config.data, config.optim, config.eval) in `workdir`: offline on the
+    pairs of config.dpo.pairs, or iteratively on sampled ones; resumes from the newest
+    checkpoint; exports the final policy. Returns the final metrics."""
+    s = common.setup(config)
+    c = as_dpo_config(config.dpo)
+    data = common.as_data_config(config.data)
+    pref = c.preference()
+    sampled = c.pairs == "sampled"
+    check_batch_size(c.batch_size, s.mesh, "dpo.batch_size")
+    check_batch_size(config.eval.batch_size, s.mesh, "eval.batch_size")
+    if sampled:
+        check_batch_size(c.sample_batch_size, s.mesh, "dpo.sample_batch_size")
+    train_examples, eval_examples = _task_examples(config, data, sampled)
+    train_pairs, held_out = (None, []) if sampled else _offline_pairs(config, c, s.tokenizer, data)
+    if train_pairs is not None and not train_pairs:
+        raise ConfigError(f"config.dpo.pairs={c.pairs!r}: no training pairs ({len(held_out)} held out "
+                          f"by config.dpo.eval_pairs={c.eval_pairs}; a labelled question gives pairs "
+                          f"only when it has a correct and an incorrect response)")
+    log.info("DPO on %s pairs: %s train, %d held out", c.pairs,
+             "sampled" if sampled else len(train_pairs), len(held_out))
+
+    model = Transformer(s.model_config)
+    init_rng, state_rng, sample_rng, eval_rng, rm_rng = jax.random.split(s.rng, 5)
+    params = common.load_params(model, c.policy_source or config.model.hf_checkpoint, s.mesh,
+                                init_rng, s.tokenizer)
+    # A copy: the train step donates the policy's buffers.
+    reference = jax.tree.map(jnp.copy, params) if pref.uses_reference else None
+    optimizer = make_optimizer(config.optim)
+    state = {"policy": create_train_state(params, optimizer, state_rng)}
+    if sampled and c.refresh_reference and pref.uses_reference:
+        state["reference"] = reference
+
+    prompt_length = response_length = None
+    if sampled:
+        sampling = _sampled_rounds(config, c, s, model, data, train_examples, eval_examples, params,
+                                   sample_rng, rm_rng)
+        make_round, prompt_length, response_length = sampling[:3]
+        held_out = sampling.held_out
+    else:
+        def make_round(r: int, policy_params: Any) -> tuple[list[Pair], dict]:
+            return train_pairs, {}
+
+    def encode(pairs: Sequence[Pair]) -> PairRows:
+        return encode_pairs(s.tokenizer, pairs, data, c.max_prompt_len, prompt_length, response_length)
+
+    step = jax.jit(functools.partial(dpo_step.train_step, model=model, optimizer=optimizer, config=pref),
+                   donate_argnums=0)
+    writer = MetricsWriter(workdir)
+    rounds = _Rounds(c, config.seed, workdir, make_round, encode, writer, config.logging.num_samples)
+
+    def step_fn(state, i):
+        if "reference" in state and i > 0 and i % c.steps_per_round == 0:  # a round starts
+            state = {**state, "reference": jax.tree.map(jnp.copy, state["policy"].params)}
+        batch, stats = rounds.batch(i, state["policy"].params)
+        if batch is None:  # a sampled round without a single pair: nothing to learn from
+            return state, {**stats, "pairs": 0.0}
+        with common.model_context(s.mesh):
+            policy, metrics = step(state["policy"], state.get("reference", reference),
+                                   shard_batch(batch, s.mesh))
+        return {**state, "policy": policy}, {**metrics, **stats}
+
+    evaluate = _make_evaluate(config, s, model, pref, encode(held_out) if held_out else None,
+                              eval_examples, reference, writer, eval_rng)
+    try:
+        state, final = common.run_loop(
+            config, workdir, state, step_fn, c.num_steps, on_restore=rounds.restore,
+            extra_fn=rounds.state_dict, eval_fn=evaluate, eval_every=config.eval.every_steps,
+            progress_keys=("loss", "rewards/accuracy", "rewards/margin"), writer=writer)
+    finally:
+        writer.close()
+    common.export_params(workdir, state["policy"].params)
+    return final
+
+
+class _Sampling(NamedTuple):
+    """What the sampled rounds need: make_round(r, policy params) -> (pairs, stats), the fixed
+    prompt / response lengths of their arrays, and the held-out pairs."""
+
+    make_round: Callable[[int, Any], tuple[list[Pair], dict]]
+    prompt_length: int
+    response_length: int
+    held_out: list[Pair]
+
+
+def _sampled_rounds(config: ml_collections.ConfigDict, c: DPOConfig, s: common.Setup,
+                    model: Transformer, data: common.DataConfig,
+                    train_examples: Sequence[common.TaskExample],
+                    eval_examples: Sequence[common.TaskExample], initial_params: Any,
+                    sample_rng: jax.Array, rm_rng: jax.Array) -> _Sampling:
+    """The sampler and scorer of iterative DPO (the answer checker, or the ORM of
+    config.dpo.rm_source), and the held-out pairs: sampled once from the initial policy on the
+    held-out problems (deterministic, so a resumed run gets the same ones)."""
+    all_prompts = [common.prompt_text(s.tokenizer, e.question, data.prompt_template)
+                   for e in list(train_examples) + list(eval_examples)]
+    # One shape for every round: the longest prompt (cut pairs are padded back to it).
+    prompt_length = common.encode_prompts(s.tokenizer, all_prompts, data.prompt_bucket)[0].shape[1]
+    response_length = bucket_length(data.max_response_len, data.response_bucket)
+    sampler = Sampler(model, common.sampling_config(s.tokenizer, data, c.temperature, c.num_samples),
+                      s.mesh)
+    if c.rm_source:
+        rm_model = Transformer(s.model_config, head="score")
+        rm_params = common.load_params(rm_model, c.rm_source, s.mesh, rm_rng, s.tokenizer)
+        score_fn = rm_scores(s, rm_model, rm_params, data, prompt_length, response_length,
+                             c.sample_batch_size * c.num_samples)
+    else:
+        score_fn = checker_scores(data)
+
+    def make_round(r: int, policy_params: Any) -> tuple[list[Pair], dict]:
+        examples = round_examples(train_examples, r, c.prompts_per_iteration, config.seed)
+        pairs, stats = sample_pairs(sampler, policy_params, s.tokenizer, data, examples, score_fn,
+                                    jax.random.fold_in(sample_rng, r + 1), c.sample_batch_size,
+                                    (config.seed, r + 1))
+        if not pairs:
+            log.warning("round %d: no pair among %d prompts (every response scored alike); its "
+                        "updates are skipped", r, len(examples))
+        return pairs, stats
+
+    held_out: list[Pair] = []
+    if c.eval_pairs and eval_examples:
+        held_out, _ = sample_pairs(sampler, initial_params, s.tokenizer, data, eval_examples, score_fn,
+                                   jax.random.fold_in(sample_rng, 0), c.sample_batch_size,
+                                   (config.seed, 0))
+    return _Sampling(make_round, prompt_length, response_length, held_out[:c.eval_pairs])
+
+
+class _Rounds:
+    """The pairs of the current round and this host's batches over them: round r covers updates
+    [r * steps_per_round, (r + 1) * steps_per_round). A new round's pairs come from make_round(r,
+    policy params) (sampled rounds also write them to WORKDIR/pairs/round_<r>.jsonl, which a
+    resume in the middle of the round reads back); state_dict / restore carry the position."""
+
+    def __init__(self, c: DPOConfig, seed: int, workdir: str,
+                 make_round: Callable[[int, Any], tuple[list[Pair], dict]],
+                 encode: Callable[[Sequence[Pair]], PairRows], writer: MetricsWriter, num_samples: int):
+        self.c, self.seed, self.workdir = c, seed, workdir
+        self.make_round, self.encode, self.writer, self.num_samples = make_round, encode, writer, num_samples
+        self.index, self.rows, self.iterator, self.stats = -1, None, None, {}
+        self.saved: Optional[dict] = None  # a restored position, used by the next batch
+
+    def _start(self, r: int, params: Any, step: int) -> None:
+        sampled = self.c.pairs == "sampled"
+        resume = self.saved is not None and self.saved.get("round") == r
+        if resume and sampled:
+            pairs, self.stats = read_pairs(round_file(self.workdir, r)), dict(self.saved["stats"])
+        else:
+            pairs, self.stats = self.make_round(r, params)
+            if sampled:
+                write_pairs(round_file(self.workdir, r), pairs)
+                self.writer.write_samples(step, [{"round": r, **p._asdict()}
+                                                 for p in pairs[:self.num_samples]])
+        self.index, self.rows, self.iterator = r, (self.encode(pairs) if pairs else None), None
+        if self.rows is not None:
+            self.iterator = pair_iterator(self.rows, self.c.batch_size, self.seed + r,
+                                          self.saved["data"] if resume and self.saved.get("data") else None)
+        self.saved = None
+
+    def batch(self, step: int, params: Any) -> tuple[Optional[dpo_step.PairBatch], dict]:
+        """The next batch of update `step` (None when its round has no pair) and the round's stats."""
+        r = step // self.c.steps_per_round
+        if r != self.index:
+            self._start(r, params, step)
+        return (next(self.iterator) if self.iterator is not None else None), self.stats
+
+    def state_dict(self) -> dict:
+        return {"round": self.index, "stats": self.stats,
+                "data": self.iterator.state_dict() if self.iterator is not None else None}
+
+    def restore(self, extra: dict) -> None:
+        """Continue from a checkpoint's extra (nothing on a fresh start). A checkpoint at a round's
+        end leaves the next round to be made afresh from the restored policy."""
+        if "round" in extra:
+            self.saved = extra
+
+
+def _make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Transformer,
+                   pref: dpo_step.PreferenceConfig, held_out: Optional[PairRows],
+                   examples: Sequence[common.TaskExample], initial_reference: Any,
+                   writer: MetricsWriter, rng: jax.Array):
+    """evaluate(state, step) -> held-out pair metrics (pair_loss, pair_accuracy (implicit reward
+    accuracy), pair_margin, pair_chosen, pair_rejected; always against the initial policy, so
+    rounds with a refreshed reference stay comparable) and the greedy task accuracy and
+    response_length on `examples`; greedy samples to samples.jsonl. None when there is nothing
+    to evaluate."""
+    if held_out is None and not examples:
+        return None
+    data = common.as_data_config(config.data)
+    batch_size = config.eval.batch_size
+    batches = eval_batches(held_out, batch_size) if held_out is not None else []
+    metrics_fn = jax.jit(functools.partial(dpo_step.eval_step, model=model, config=pref))
+    sampler = Sampler(model, common.sampling_config(s.tokenizer, data, temperature=0.0), s.mesh) \
+        if examples else None
+    names = {"loss": "pair_loss", "rewards/accuracy": "pair_accuracy", "rewards/margin": "pair_margin",
+             "rewards/chosen": "pair_chosen", "rewards/rejected": "pair_rejected"}
+
+    def evaluate(state: dict, step: int) -> dict:
+        params = state["policy"].params
+        out: dict[str, float] = {}
+        if batches:
+            totals, count = collections.Counter(), 0.0
+            with common.model_context(s.mesh):
+                for batch in batches:
+                    metrics = jax.device_get(metrics_fn(params, initial_reference,
+                                                        shard_batch(batch, s.mesh)))
+                    n = float(np.sum(batch.pair_mask))
+                    for key in names:
+                        totals[key] += float(metrics[key]) * n
+                    count += n
+            out.update({name: totals[key] / count for key, name in names.items()})
+        if examples:
+            accuracy, responses = common.task_accuracy(sampler, params, s.tokenizer, data, examples,
+                                                       rng, batch_size)
+            writer.write_samples(step, [
+                {"prompt": e.question, "response": r, "reference": e.answer,
+                 "correct": common.answer_correct(data, e, r)}
+                for e, r in list(zip(examples, responses))[:config.logging.num_samples]])
+            out["accuracy"] = accuracy
+            out["response_length"] = float(np.mean([len(s.tokenizer.encode(r)) for r in responses]))
+        return out
+
+    return evaluate

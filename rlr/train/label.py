@@ -1,0 +1,153 @@
+"""Label sampled solutions of a policy: the training data of the outcome and process reward models.
+
+    rlr --config experiments/label.py --config.label.policy_source=runs/sft --workdir runs/label
+
+For each of the first config.label.num_problems train problems of config.data.task, the policy
+(config.label.policy_source, e.g. the SFT run) samples config.label.num_samples responses at
+config.label.temperature. Each response is labelled and written as one JSON line of
+WORKDIR/labelled.jsonl:
+
+    {"question", "response", "answer" (the reference answer), "correct" (final answer right),
+     "step_labels" (0/1 a step), "num_steps"}
+
+- Synthetic task: step_labels = rlr.data.synthetic.check_steps(question, response).correct (a
+  step that repeats an earlier correct step is correct: the "correct but needless" step a PRM
+  gets hacked by, Gao et al. 2024), num_steps its number of steps (the lines before the answer
+  line), correct = final_answer_correct.
+- Real tasks (gsm8k, math): the outcome only, correct = the verifier's verdict
+  (rlr.train.common.answer_correct); step_labels = [], num_steps = the response's lines
+  (rlr.rewards.segment.split_steps).
+
+Responses are written a batch of problems at a time to labelled.jsonl.partial, so a stopped run
+continues where it stopped (and a finished one is not sampled again); the file is renamed to
+labelled.jsonl when every problem is done.
+Returns (and writes to metrics.jsonl) the label statistics.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+from jax.experimental import multihost_utils
+import numpy as np
+
+from rlr.config import ConfigError
+from rlr.data import synthetic
+from rlr.data.batching import bucket_length
+from rlr.models import Transformer
+from rlr.rewards.segment import split_steps
+from rlr.sampling import Sampler
+from rlr.train import common
+from rlr.train.metrics import MetricsWriter, read_jsonl
+from rlr.train.sft import check_batch_size
+
+log = logging.getLogger(__name__)
+
+LABELLED_FILE = "labelled.jsonl"  # what a label run writes in its workdir (rlr.train.rm reads it)
+FIELDS = ("question", "response", "answer", "correct", "step_labels", "num_steps")
+
+
+def label_response(data: Any, example: common.TaskExample, response: str) -> dict:
+    """The labelled record of one response to a problem (fields FIELDS, see the module docstring)."""
+    correct = common.answer_correct(data, example, response)
+    if common.as_data_config(data).task == "synthetic":
+        check = synthetic.check_steps(example.question, response)
+        step_labels, num_steps = [int(ok) for ok in check.correct], check.num_steps
+    else:
+        step_labels, num_steps = [], len(split_steps(response))
+    return {"question": example.question, "response": response, "answer": example.answer,
+            "correct": bool(correct), "step_labels": step_labels, "num_steps": num_steps}
+
+
+def label_stats(records: Sequence[dict], num_samples: int) -> dict:
+    """Statistics of labelled records (num_samples consecutive records a problem): accuracy (share
+    of responses with the right final answer), pass_at_n (share of problems with at least one),
+    mean_steps, wrong_step_rate (share of responses with a step labelled wrong; 0 without step
+    labels), num_responses, num_problems."""
+    if not records:
+        return {"accuracy": 0.0, "pass_at_n": 0.0, "mean_steps": 0.0, "wrong_step_rate": 0.0,
+                "num_responses": 0, "num_problems": 0}
+    correct = np.array([r["correct"] for r in records], bool)
+    by_problem = correct[: len(correct) // num_samples * num_samples].reshape(-1, num_samples)
+    return {"accuracy": float(correct.mean()),
+            "pass_at_n": float(by_problem.any(axis=1).mean()) if by_problem.size else 0.0,
+            "mean_steps": float(np.mean([r["num_steps"] for r in records])),
+            "wrong_step_rate": float(np.mean([0 in r["step_labels"] for r in records])),
+            "num_responses": len(records), "num_problems": len(records) // num_samples}
+
+
+def completed_problems(path: str, questions: Sequence[str], num_samples: int) -> int:
+    """How many of `questions` a partial labelled file holds, in order, with all num_samples
+    records each; the file is cut back to those (a stopped run's last, incomplete problem and
+    cut line go). 0, and the file removed, when it holds other problems (or another number of
+    samples a problem)."""
+    if not os.path.exists(path):
+        return 0
+    records = read_jsonl(path)  # a cut last line is skipped
+    done = len(records) // num_samples
+    records = records[:done * num_samples]
+    expected = [q for q in questions[:done] for _ in range(num_samples)]
+    if [r.get("question") for r in records] != expected:
+        log.warning("%s: holds other problems or another num_samples; starting over", path)
+        os.remove(path)
+        return 0
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    return done
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Sample and label config.label.num_samples responses for each of the first
+    config.label.num_problems train problems (see the module docstring); returns label_stats."""
+    s = common.setup(config)
+    c = config.label
+    data = common.as_data_config(config.data)
+    for key in ("num_problems", "num_samples"):
+        if c[key] < 1:
+            raise ConfigError(f"config.label.{key}={c[key]}: expected >= 1")
+    check_batch_size(c.batch_size, s.mesh, "label.batch_size")
+    model = Transformer(s.model_config)
+    init_rng, sample_rng = jax.random.split(s.rng)
+    params = common.load_params(model, c.policy_source or config.model.hf_checkpoint, s.mesh,
+                                init_rng, s.tokenizer)
+    examples = common.task_examples(data, "train", limit=c.num_problems)
+    prompts = [common.prompt_text(s.tokenizer, e.question, data.prompt_template) for e in examples]
+    longest = common.encode_prompts(s.tokenizer, prompts, 1)[0].shape[1]
+    sampling = common.sampling_config(s.tokenizer, data, temperature=c.temperature,
+                                      num_samples=c.num_samples, top_k=c.top_k, top_p=c.top_p)
+    # One prompt length for every batch: the sampler compiles once.
+    sampler = Sampler(model, sampling, s.mesh, buckets=(bucket_length(longest, data.prompt_bucket),))
+    os.makedirs(workdir, exist_ok=True)
+    final_path = os.path.join(workdir, LABELLED_FILE)
+    partial_path = final_path + ".partial"
+    write = jax.process_index() == 0
+    done = 0
+    if write:  # process 0 owns the file; every process continues from the same problem
+        if os.path.exists(final_path) and not os.path.exists(partial_path):
+            os.replace(final_path, partial_path)  # a finished run: kept where it fits this config
+        done = completed_problems(partial_path, [e.question for e in examples], c.num_samples)
+    done = int(multihost_utils.broadcast_one_to_all(np.int32(done)))
+    for start in range(done, len(examples), c.batch_size):
+        chunk = slice(start, start + c.batch_size)
+        responses = common.generate_texts(sampler, params, s.tokenizer, prompts[chunk],
+                                          jax.random.fold_in(sample_rng, start), c.batch_size,
+                                          data.prompt_bucket)
+        records = [label_response(data, e, r) for e, rs in zip(examples[chunk], responses) for r in rs]
+        if write:
+            with open(partial_path, "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+        log.info("labelled %d / %d problems", min(start + c.batch_size, len(examples)), len(examples))
+    stats = {}
+    if write:
+        os.replace(partial_path, final_path)
+        stats = label_stats(read_jsonl(final_path), c.num_samples)
+        writer = MetricsWriter(workdir)
+        try:
+            writer.write(0, stats)
+        finally:
+            writer.close()
+    return stats

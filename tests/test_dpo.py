@@ -1,0 +1,257 @@
+"""DPO trainer (rlr/train/dpo.py): pair sources with hand-checked contents, the round bookkeeping
+that resumes, and end-to-end runs on CPU (tiny decoder, 8 simulated devices).
+
+The policy is a random tiny decoder whose vocabulary is exactly the character tokenizer's 51 ids
+(an HF checkpoint written by the test), so anything it samples decodes.
+"""
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import dpo as dpo_experiment
+from experiments import iterative_dpo as iterative_experiment
+from rlr.config import ConfigError
+from rlr.data import synthetic
+from rlr.data.builders._io import DataFormatError
+from rlr.data.tokenizer import CharTokenizer
+from rlr.train import common, dpo, dpo_step
+from rlr.train.metrics import read_jsonl
+from hf_fixtures import make_hf_model, save_hf_model
+
+TOKENIZER = CharTokenizer()
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    """A random tiny Qwen2 causal LM with vocab_size 51, as a Hugging Face checkpoint."""
+    path = tmp_path_factory.mktemp("policy")
+    save_hf_model(make_hf_model("qwen2", seed=0, vocab_size=TOKENIZER.vocab_size), path)
+    return str(path)
+
+
+def _config(experiment, policy_dir, **dpo_changes):
+    """A tiny CPU config of an experiment file: the test policy, few problems, a checkpoint only
+    at the end, metrics every update."""
+    config = experiment.get_config()
+    config.model.name = ""
+    config.model.hf_checkpoint = policy_dir
+    config.dpo.policy_source = ""  # = config.model.hf_checkpoint
+    config.data.num_train, config.data.num_eval = 64, 16
+    config.data.max_response_len = 48
+    config.eval.every_steps, config.eval.num_problems, config.eval.batch_size = 0, 8, 8
+    config.checkpoint.every_steps = 1000
+    config.optim.warmup_steps = 0
+    config.logging.every_steps = 1
+    config.logging.num_samples = 2
+    config.dpo.batch_size = 16
+    config.dpo.eval_pairs = 16
+    for key, value in dpo_changes.items():
+        setattr(config.dpo, key, value)
+    return config
+
+
+# ----------------------------------------------------------------------------- pairs
+
+
+def test_corrupt_pairs_prefer_the_reference_solution():
+    data = common.DataConfig(num_train=8)
+    problems = common.synthetic_problems(data, "train")
+    pairs = dpo.corrupt_pairs(problems, TOKENIZER, data, dpo.FLAWED_MODES, 2, seed=0)
+    assert len(pairs) == 2 * len(problems)  # two distinct flaws of every problem
+    for problem, pair in zip(np.repeat(problems, 2), pairs):
+        assert pair.prompt == problem.question + "\n" and pair.chosen == problem.solution
+        assert synthetic.final_answer_correct(problem.question, pair.chosen)
+        assert synthetic.check_steps(problem.question, pair.rejected).first_wrong is not None
+    assert pairs == dpo.corrupt_pairs(problems, TOKENIZER, data, dpo.FLAWED_MODES, 2, seed=0)
+
+
+def _write_labelled(path, rows):
+    with open(path, "w") as f:
+        for question, response, correct in rows:
+            f.write(json.dumps({"question": question, "response": response, "answer": "0",
+                                "correct": correct, "step_labels": [1], "num_steps": 1}) + "\n")
+
+
+def test_labelled_pairs_are_correct_over_incorrect_and_held_out_by_question(tmp_path):
+    rows = [("1+1", "a", True), ("1+1", "b", False), ("1+1", "c", False), ("1+1", "a", True),
+            ("2+2", "d", True), ("2+2", "e", True),  # no incorrect response: no pair
+            ("3+3", "f", False), ("3+3", "g", True)]
+    _write_labelled(tmp_path / "labelled.jsonl", rows)
+    records = dpo.read_labelled(str(tmp_path))  # a run directory works as well as the file
+    assert records[0] == dpo.LabelledResponse("1+1", "a", True) and len(records) == 8
+    grouped = dpo.labelled_pairs(records, TOKENIZER, common.DataConfig(), per_prompt=5, seed=0)
+    assert sorted(grouped) == ["1+1", "3+3"]
+    assert sorted(grouped["1+1"]) == [dpo.Pair("1+1\n", "a", "b"), dpo.Pair("1+1\n", "a", "c")]
+    assert grouped["3+3"] == [dpo.Pair("3+3\n", "g", "f")]
+    one = dpo.labelled_pairs(records, TOKENIZER, common.DataConfig(), per_prompt=1, seed=0)
+    assert len(one["1+1"]) == 1
+    train, held = dpo.hold_out(grouped, num_eval=1, seed=0)
+    assert len(train) + len(held) == 3 and held
+    assert not {p.prompt for p in train} & {p.prompt for p in held}
+
+
+def test_corrupt_labelled_file_is_a_one_line_error_naming_it(tmp_path, policy_dir):
+    path = tmp_path / "labelled.jsonl"
+    _write_labelled(path, [("1+1", "2", True)])
+    with open(path, "a") as f:
+        f.write('{"question": "1+2", "response": \n')
+    config = _config(dpo_experiment, policy_dir, pairs="labelled", data_path=str(path))
+    with pytest.raises(DataFormatError) as info:
+        dpo.train(config, str(tmp_path / "run"))
+    message = str(info.value)
+    assert str(path) in message and "line 2" in message and "\n" not in message
+    config.dpo.data_path = str(tmp_path / "missing.jsonl")
+    with pytest.raises(ConfigError, match="config.dpo.data_path=.*missing.jsonl"):
+        dpo.train(config, str(tmp_path / "run"))
+
+
+def test_best_worst_pairs_hand_example():
+    responses = [["r0", "r1", "r2"], ["s0", "s1", "s2"], ["t0", "t1", "t2"]]
+    scores = [[0.0, 2.0, -1.0], [1.0, 1.0, 1.0], [0.0, 1.0, 1.0]]
+    pairs = dpo.best_worst_pairs(["p", "q", "r"], responses, scores, seed=0)
+    assert pairs[0] == dpo.Pair("p", "r1", "r2")  # best over worst
+    assert len(pairs) == 2 and pairs[1].prompt == "r"  # "q": all alike, no pair
+    assert pairs[1].rejected == "t0" and pairs[1].chosen in ("t1", "t2")  # a tie broken at random
+
+
+def test_encode_pairs_shapes_and_prompt_cut():
+    pairs = [dpo.Pair("1+2\n", "1+2=3\nanswer: 3", "answer: 4"), dpo.Pair("12*3+4\n", "x", "yz")]
+    data = common.DataConfig(prompt_bucket=4, response_bucket=8)
+    rows = dpo.encode_pairs(TOKENIZER, pairs, data)
+    assert rows["prompt_tokens"].shape == (2, 8)  # bos + 7 characters
+    assert rows["chosen_tokens"].shape == rows["rejected_tokens"].shape == (2, 16)
+    np.testing.assert_array_equal(rows["chosen_mask"].sum(1), [16, 2])  # text + eos
+    np.testing.assert_array_equal(rows["rejected_mask"].sum(1), [10, 3])
+    assert TOKENIZER.decode(rows["rejected_tokens"][1][rows["rejected_mask"][1]]) == "yz"
+    cut = dpo.encode_pairs(TOKENIZER, pairs, data, max_prompt_len=4, prompt_length=8)
+    assert cut["prompt_tokens"].shape == (2, 8)
+    assert TOKENIZER.decode(cut["prompt_tokens"][1][cut["prompt_mask"][1]]) == "3+4\n"  # its last 4
+    assert rows["pair_mask"].all()
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"config.dpo.iterations=2"):
+        dpo.DPOConfig(iterations=2)  # offline pairs do not change between rounds
+    with pytest.raises(ConfigError, match=r"config.dpo.num_steps=5.*iterations=2"):
+        dpo.DPOConfig(pairs="sampled", iterations=2, num_steps=5)
+    with pytest.raises(ConfigError, match=r"config.dpo.loss='kto'"):
+        dpo.DPOConfig(loss="kto")
+    with pytest.raises(ConfigError, match=r"config.dpo.label_smoothing"):
+        dpo.DPOConfig(label_smoothing=0.1)
+    with pytest.raises(ConfigError, match=r"config.dpo.refresh_reference=True"):
+        dpo.DPOConfig(refresh_reference=True)
+    with pytest.raises(ConfigError, match=r"config.dpo.bogus: unknown key"):
+        dpo.as_dpo_config({"bogus": 1})
+
+
+@pytest.mark.parametrize("experiment, variant", [
+    *((dpo_experiment, v) for v in dpo_experiment.VARIANTS),
+    *((iterative_experiment, v) for v in iterative_experiment.VARIANTS)])
+def test_experiment_configs_are_valid(experiment, variant):
+    config = experiment.get_config(variant)
+    c = dpo.as_dpo_config(config.dpo)  # every check of DPOConfig passes
+    common.as_data_config(config.data)
+    assert config.trainer == "dpo" and config.optim.total_steps == c.num_steps
+    config.dpo.num_steps = 2 * c.num_steps  # the schedule follows the number of updates
+    assert config.optim.total_steps == 2 * c.num_steps
+    assert (c.pairs == "sampled") == (experiment is iterative_experiment or variant in ("gsm8k", "math"))
+
+
+def test_rounds_resume_mid_round_from_the_round_file(tmp_path):
+    c = dpo.DPOConfig(pairs="sampled", iterations=2, num_steps=6, batch_size=2)
+    made = []
+
+    def make_round(r, params):
+        made.append(r)
+        return [dpo.Pair(f"{r}-{i}\n", "1", "2" * (i + 1)) for i in range(3)], {"round/pairs": 3.0}
+
+    def encode(pairs):
+        return dpo.encode_pairs(TOKENIZER, pairs, common.DataConfig(prompt_bucket=4, response_bucket=4))
+
+    class Writer:
+        def write_samples(self, step, records):
+            pass
+
+    def run(rounds, steps):
+        return [np.asarray(rounds.batch(i, None)[0].rejected_mask.sum(1)).tolist() for i in steps]
+
+    first = dpo._Rounds(c, 0, str(tmp_path), make_round, encode, Writer(), 2)
+    batches = run(first, range(0, 2))
+    extra = first.state_dict()  # a checkpoint after update 2 (in round 0)
+    rest = run(first, range(2, 6))
+    assert made == [0, 1] and os.path.isfile(dpo.round_file(str(tmp_path), 1))
+    resumed = dpo._Rounds(c, 0, str(tmp_path), make_round, encode, Writer(), 2)
+    resumed.restore(json.loads(json.dumps(extra)))
+    assert run(resumed, range(2, 6)) == rest  # round 0 read back, round 1 made afresh
+    assert made == [0, 1, 1] and resumed.stats == {"round/pairs": 3.0}
+    assert batches and rest
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_offline_dpo_learns_the_pairs_and_evaluates(tmp_path, policy_dir):
+    config = _config(dpo_experiment, policy_dir, num_steps=24)
+    config.optim.learning_rate, config.optim.warmup_steps = 3e-3, 2
+    config.eval.every_steps = 12
+    workdir = str(tmp_path / "run")
+    final = dpo.train(config, workdir)
+    lines = [line for line in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in line]
+    assert len(lines) == 24
+    first = np.mean([line["rewards/margin"] for line in lines[:4]])
+    last = np.mean([line["rewards/margin"] for line in lines[-4:]])
+    assert last > first + 0.5 and lines[-1]["rewards/accuracy"] > 0.8
+    assert np.mean([line["loss"] for line in lines[-4:]]) < np.mean([line["loss"] for line in lines[:4]])
+    evals = [line for line in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "eval/pair_loss" in line]
+    assert [line["step"] for line in evals] == [12, 24]
+    # Held-out pairs start at loss log 2 (policy = reference); they are learned too.
+    assert evals[-1]["eval/pair_loss"] < np.log(2.0) - 0.1 and evals[-1]["eval/pair_margin"] > 0.3
+    assert evals[-1]["eval/pair_accuracy"] >= 0.7
+    assert 0.0 <= final["eval/accuracy"] <= 1.0 and final["eval/response_length"] > 0
+    assert os.path.isfile(os.path.join(workdir, common.PARAMS_INFO))
+
+
+def test_simpo_loss_reads_no_reference_hand_value():
+    policy = dpo_step.PairLogps(*(jnp.array([v]) for v in (-4.0, -6.0, 2.0, 3.0)))
+    config = dpo.DPOConfig(loss="simpo", beta=2.0, simpo_gamma=0.5).preference()
+    assert not config.uses_reference
+    loss, metrics = dpo_step.preference_loss(config, policy, None, jnp.array([True]))
+    margin = 2.0 * (-4.0 / 2) - 2.0 * (-6.0 / 3) - 0.5  # beta * mean log-probs, minus gamma
+    assert float(loss) == pytest.approx(np.log1p(np.exp(-margin)), rel=1e-5)
+    assert float(metrics["rewards/chosen"]) == pytest.approx(-4.0)
+
+
+def test_ipo_on_averaged_logps_hand_value():
+    policy = dpo_step.PairLogps(*(jnp.array([v]) for v in (-4.0, -6.0, 2.0, 3.0)))
+    reference = dpo_step.PairLogps(*(jnp.array([v]) for v in (-5.0, -5.0, 2.0, 3.0)))
+    config = dpo.DPOConfig(loss="ipo", beta=0.5, average_logps=True).preference()
+    loss, metrics = dpo_step.preference_loss(config, policy, reference, jnp.array([True]))
+    h = (-2.0 + 2.5) - (-2.0 + 5.0 / 3.0)  # per-token log-ratios of chosen minus rejected
+    assert float(loss) == pytest.approx((h - 1.0 / (2 * 0.5)) ** 2, rel=1e-5)
+    assert float(metrics["logps/chosen"]) == -4.0  # reported summed, whatever the loss reads
+
+
+def test_iterative_ipo_runs_two_rounds_ranked_by_a_reward_model(tmp_path, policy_dir):
+    rm_dir = tmp_path / "rm"  # a random outcome reward model: its verdicts always differ
+    save_hf_model(make_hf_model("qwen2-score", seed=1, vocab_size=TOKENIZER.vocab_size), rm_dir)
+    config = _config(iterative_experiment, policy_dir, num_steps=4, iterations=2, loss="ipo",
+                     prompts_per_iteration=8, num_samples=2, sample_batch_size=8, eval_pairs=0,
+                     rm_source=str(rm_dir), refresh_reference=True)
+    config.eval.num_problems = 0
+    config.data.max_response_len = 24
+    workdir = str(tmp_path / "run")
+    final = dpo.train(config, workdir)
+    for r in (0, 1):
+        pairs = dpo.read_pairs(dpo.round_file(workdir, r))
+        assert len(pairs) == 8 and all(p.chosen != p.rejected for p in pairs)
+    lines = [line for line in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in line]
+    assert [line["round/pairs"] for line in lines] == [8.0] * 4
+    # The reference is the policy at the start of each round: IPO's loss there is (0 - 1/(2 beta))^2.
+    for line in (lines[0], lines[2]):
+        assert line["rewards/margin"] == pytest.approx(0.0, abs=1e-5)
+        assert line["loss"] == pytest.approx((1 / (2 * config.dpo.beta)) ** 2, rel=1e-4)
+    assert lines[1]["rewards/margin"] != pytest.approx(0.0, abs=1e-5)
+    assert np.isfinite(final["loss"]) and final["pairs"] == 16

@@ -1,0 +1,89 @@
+"""SFT end to end on CPU (tiny model, synthetic task): the loss falls, a stopped and resumed run
+gives the params of a straight one, and the export loads into a score-head model (a reward
+model or critic initialised from the SFT policy)."""
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from rlr.config import load_config
+from rlr.models import Transformer
+from rlr.train import common, sft
+from rlr.train.metrics import read_jsonl
+
+TOTAL_STEPS = 6
+
+
+def sft_config(num_steps: int, init_source: str = "") -> ml_collections.ConfigDict:
+    """experiments/sft.py with tiny data; the schedule is that of a TOTAL_STEPS run whatever
+    num_steps is (to_dict() unties sft.num_steps from optim.total_steps)."""
+    config = ml_collections.ConfigDict(load_config("experiments/sft.py").to_dict())
+    config.sft.init_source = init_source
+    config.data.num_train, config.data.num_eval = 64, 8
+    config.sft.num_steps, config.sft.batch_size = num_steps, 8
+    config.optim.total_steps, config.optim.warmup_steps = TOTAL_STEPS, 1
+    config.optim.learning_rate = 3e-3
+    config.eval.num_problems = 0
+    config.logging.every_steps = 1
+    config.checkpoint.every_steps = 100
+    return config
+
+
+@pytest.fixture(scope="module")
+def init(tmp_path_factory) -> str:
+    """An exported random init that every run starts from (restoring it is cheaper than
+    compiling the init again; the runs start from the same params either way)."""
+    s = common.setup(sft_config(TOTAL_STEPS))
+    params = common.load_params(Transformer(s.model_config), "", s.mesh, jax.random.key(0))
+    workdir = str(tmp_path_factory.mktemp("sft_init"))
+    common.export_params(workdir, params)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def straight(init, tmp_path_factory):
+    """A TOTAL_STEPS run in one go: (workdir, final metrics)."""
+    workdir = str(tmp_path_factory.mktemp("sft_straight"))
+    return workdir, sft.train(sft_config(TOTAL_STEPS, init), workdir)
+
+
+def _load(workdir: str, head: str = "lm"):
+    config = sft_config(TOTAL_STEPS)
+    s = common.setup(config)
+    model = Transformer(s.model_config, head=head)
+    return common.load_params(model, workdir, s.mesh, jax.random.key(1))
+
+
+def _flat(params) -> dict:
+    return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+
+
+def test_loss_falls(straight):
+    workdir, final = straight
+    losses = [line["loss"] for line in read_jsonl(f"{workdir}/metrics.jsonl") if "loss" in line]
+    assert len(losses) == TOTAL_STEPS
+    assert losses[-1] < losses[0] - 0.5, losses
+    assert final["loss"] == pytest.approx(losses[-1])
+
+
+def test_resume_gives_the_straight_run(init, straight, tmp_path):
+    workdir = str(tmp_path)
+    sft.train(sft_config(TOTAL_STEPS // 2, init), workdir)  # stops (and checkpoints) half way
+    sft.train(sft_config(TOTAL_STEPS, init), workdir)  # resumes from that checkpoint
+    steps = [line["step"] for line in read_jsonl(f"{workdir}/metrics.jsonl") if "loss" in line]
+    assert steps == list(range(1, TOTAL_STEPS + 1))
+    resumed, reference = _flat(_load(workdir)), _flat(_load(straight[0]))
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        np.testing.assert_allclose(resumed[key], reference[key], atol=1e-6, rtol=0, err_msg=key)
+
+
+def test_export_loads_into_a_score_model(straight):
+    policy, scorer = _flat(_load(straight[0])), _flat(_load(straight[0], head="score"))
+    assert "lm_head" in policy and "lm_head" not in scorer
+    assert set(scorer) - set(policy) == {"score_head/kernel", "score_head/bias"}
+    for key in set(scorer) & set(policy):  # the decoder is the SFT policy's
+        np.testing.assert_array_equal(scorer[key], policy[key], err_msg=key)
+    assert scorer["score_head/kernel"].shape == (policy["final_norm/scale"].shape[0],)
+    assert 0 < np.std(scorer["score_head/kernel"]) < 0.1 and scorer["score_head/bias"] == 0
