@@ -1,0 +1,177 @@
+"""End-to-end tests of the PPO loop (rlr/train/ppo.py) on 8 simulated CPU devices: the tiny model,
+briefly SFT-ed on the synthetic task (a module fixture), then PPO with a reward it can move (a
+per-token length penalty): the mean reward rises; a PRM (Clip-Delta) run and a GRPO run
+execute; 6 iterations straight equal 3, stop, resume, 3; config errors name the key.
+
+Every run here shares one jitted scoring and one jitted update per setting (module-level jits),
+so only the first run of a setting compiles."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from rlr.config import ConfigError, load_config
+from rlr.models import Transformer, get_config
+from rlr.parallel import make_mesh
+from rlr.train import common, ppo, sft
+from rlr.train.metrics import read_jsonl
+
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+TRAIN_KEYS = ("reward/total", "reward/length", "reward/kl", "accuracy", "kl", "policy/entropy",
+              "policy/clip_fraction", "policy/approx_kl", "critic/explained_variance",
+              "policy/grad_norm", "critic/grad_norm", "response_length", "num_steps",
+              "repetition_rate", "time/rollout", "time/scoring", "time/update", "tokens_per_s")
+EVAL_KEYS = ("eval/accuracy", "eval/num_steps", "eval/response_length", "eval/repetition_rate")
+
+
+@pytest.fixture(scope="module")
+def sft_dir(tmp_path_factory):
+    """A tiny policy SFT-ed for 100 steps on the synthetic task (it writes the format and eos)."""
+    workdir = str(tmp_path_factory.mktemp("sft"))
+    config = load_config(os.path.join(EXPERIMENTS, "sft.py"))
+    config.sft.num_steps = 100
+    config.optim.warmup_steps = 10
+    config.data.num_train = 512
+    config.eval.num_problems = 0
+    config.checkpoint.every_steps = 1000
+    config.logging.every_steps = 100
+    sft.train(config, workdir)
+    return workdir
+
+
+COMPILES = []  # fun_name of every backend compilation in this process (from the listener below)
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, _, **kw: COMPILES.append(kw.get("fun_name"))
+    if event == "/jax/core/compile/backend_compile_duration" else None)
+LOOP_JITS = ("jit(score_rollout)", "jit(update)", "jit(run)")  # scoring, update, the samplers
+
+
+def loop_compiles(since: int) -> dict:
+    """How many times each of LOOP_JITS compiled since COMPILES had `since` entries."""
+    return {name: COMPILES[since:].count(name) for name in LOOP_JITS}
+
+
+def ppo_config(sft_dir: str, spec: str = "ppo.py:success", **changes):
+    """A small PPO run of an experiment: 8 prompts x 4 samples (32 rows, 4 minibatches of 8,
+    one a device), a length penalty as the reward, EMA reference and value normalisation on;
+    `changes` are dotted keys -> values."""
+    config = load_config(os.path.join(EXPERIMENTS, spec))
+    config.ppo.policy_source = sft_dir
+    config.ppo.num_iterations = 4
+    config.ppo.prompts_per_iteration = 8
+    config.ppo.epochs = 1
+    config.ppo.reference = "ema"
+    config.ppo.value_norm = config.ppo.advantage == "gae"
+    config.sampling.num_samples = 4
+    config.data.num_train = 64
+    config.data.num_eval = 8
+    config.data.max_response_len = 48
+    config.rewards.success_weight = 0.0
+    config.rewards.length_coef = 0.05
+    config.optim.learning_rate = 1e-3
+    config.eval.num_problems = 0
+    config.checkpoint.every_steps = 3
+    for key, value in changes.items():
+        group, name = key.split(".")
+        config[group][name] = value
+    return config
+
+
+def train_lines(workdir: str) -> list[dict]:
+    return [line for line in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "reward/total" in line]
+
+
+def test_ppo_raises_the_reward_and_logs_metrics_evals_and_samples(sft_dir, tmp_path):
+    workdir = str(tmp_path)
+    config = ppo_config(sft_dir, **{"eval.num_problems": 8, "eval.batch_size": 8})
+    start = len(COMPILES)
+    final = ppo.train(config, workdir)
+    # ONE compiled scoring, ONE update, one rollout and one greedy eval sampler for the run.
+    assert loop_compiles(start) == {"jit(score_rollout)": 1, "jit(update)": 1, "jit(run)": 2}
+    lines = train_lines(workdir)
+    rewards = [line["reward/total"] for line in lines]
+    lengths = [line["response_length"] for line in lines]
+    assert len(lines) == 4
+    # The only reward is -0.05 a token (and a small KL term): PPO must shorten the responses.
+    assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.2, rewards
+    assert lengths[-1] < lengths[0] - 4, lengths
+    assert lines[0]["kl"] == 0 and all(line["kl"] > 0 for line in lines[1:])  # k3: >= 0
+    for key in TRAIN_KEYS:
+        assert all(np.isfinite(line[key]) for line in lines), key
+    evals = [line for line in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "eval/accuracy" in line]
+    assert [line["step"] for line in evals] == [0, 4]  # the initial policy, then the last update
+    assert all(0 <= line["eval/accuracy"] <= 1 for line in evals)
+    assert set(EVAL_KEYS) <= set(final) and final["reward/total"] == rewards[-1]
+    samples = read_jsonl(os.path.join(workdir, "samples.jsonl"))
+    rollout = [s for s in samples if not s.get("eval")]
+    assert len(rollout) == 4 * config.logging.num_samples
+    assert {"prompt", "response", "step_rewards", "step_prm_scores", "total_reward"} <= set(rollout[0])
+    assert os.path.isfile(os.path.join(workdir, common.PARAMS_INFO))  # the policy is exported
+
+
+def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path):
+    mesh = make_mesh()
+    score_model = Transformer(get_config("tiny"), head="score")  # a PRM: the SFT decoder, a fresh head
+    prm_dir = str(tmp_path / "prm")
+    common.export_params(prm_dir, common.load_params(score_model, sft_dir, mesh, jax.random.key(3)))
+    workdir = str(tmp_path / "ppo")
+    config = ppo_config(sft_dir, "ppo.py:clip_delta", **{"rewards.prm_source": prm_dir,
+                                                        "ppo.num_iterations": 2})
+    ppo.train(config, workdir)
+    lines = train_lines(workdir)
+    assert len(lines) == 2
+    for line in lines:
+        assert 0 < line["prm/score_mean"] < 1 and line["reward/prm"] <= 0  # Clip-Delta: <= 0
+    samples = [s for s in read_jsonl(os.path.join(workdir, "samples.jsonl")) if s["num_steps"] > 1]
+    assert samples and all(len(s["step_prm_scores"]) == len(s["step_rewards"]) >= 1 for s in samples)
+
+
+def test_grpo_run_has_no_critic(sft_dir, tmp_path):
+    workdir = str(tmp_path)
+    # 8 minibatches of 4 rows: fewer rows than devices (XLA pads the split) also runs.
+    ppo.train(ppo_config(sft_dir, "grpo.py:grpo", **{"ppo.num_iterations": 2,
+                                                    "ppo.num_minibatches": 8}), workdir)
+    lines = train_lines(workdir)
+    assert len(lines) == 2 and all(np.isfinite(line["policy/loss"]) for line in lines)
+    assert not any(key.startswith("critic/") for key in lines[0])
+
+
+def test_resume_equals_a_straight_run(sft_dir, tmp_path):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    ppo.train(ppo_config(sft_dir, **{"ppo.num_iterations": 6}), straight)
+    start = len(COMPILES)
+    ppo.train(ppo_config(sft_dir, **{"ppo.num_iterations": 3}), resumed)  # stops after 3
+    ppo.train(ppo_config(sft_dir, **{"ppo.num_iterations": 6}), resumed)  # resumes at 3
+    assert loop_compiles(start) == dict.fromkeys(LOOP_JITS, 0)  # runs of one setting share them
+    mesh, model = make_mesh(), Transformer(get_config("tiny"))
+    a, b = (common.load_params(model, d, mesh, jax.random.key(0)) for d in (straight, resumed))
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6), a, b)
+    later = [{k: v for k, v in line.items() if not k.startswith(("time/", "wall", "tokens_per_s",
+                                                                  "rollout/tokens"))}
+             for line in train_lines(straight)[3:]]
+    again = [{k: v for k, v in line.items() if not k.startswith(("time/", "wall", "tokens_per_s",
+                                                                  "rollout/tokens"))}
+             for line in train_lines(resumed)[3:]]
+    assert json.dumps(later) == json.dumps(again)  # same rollouts, rewards, critic losses
+
+
+def test_config_errors_name_the_key(tmp_path):
+    unused = str(tmp_path / "no-policy")  # every error comes before a model is loaded
+    config = ppo_config(unused)
+    config.ppo.bogus = 1
+    with pytest.raises(ConfigError, match=r"config\.ppo\.bogus: unknown key"):
+        ppo.train(config, str(tmp_path))
+    config = ppo_config(unused)
+    config.rewards.prm_wieght = 1.0
+    with pytest.raises(ConfigError, match=r"config\.rewards\.prm_wieght: unknown key"):
+        ppo.train(config, str(tmp_path))
+    with pytest.raises(ConfigError, match=r"config\.rewards\.prm_weight=0\.5 needs config\.rewards\.prm_source"):
+        ppo.train(ppo_config(unused, "ppo.py:prm"), str(tmp_path))
+    with pytest.raises(ConfigError, match=r"config\.ppo\.num_minibatches=3"):
+        ppo.train(ppo_config(unused, **{"ppo.num_minibatches": 3}), str(tmp_path))
+    with pytest.raises(ConfigError, match=r"config\.ppo\.reference='emma'"):
+        ppo.train(ppo_config(unused, **{"ppo.reference": "emma"}), str(tmp_path))
+    with pytest.raises(ConfigError, match=r"experiments/ppo\.py:prm_clipp: unknown variant"):
+        load_config(os.path.join(EXPERIMENTS, "ppo.py:prm_clipp"))
