@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional, Sequence
+
+import jax
 
 from rlr.studies import reward_hacking
 
@@ -28,6 +31,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if unknown:
         parser.error(f"--variants: unknown {unknown}; expected some of {reward_hacking.VARIANTS}")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # the stages compile alike programs
+        jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, ".jax_cache"))
     budget = reward_hacking.QUICK if args.quick else reward_hacking.FULL
     reward_hacking.run(args.workdir, budget, args.seed, variants=variants)
     return 0

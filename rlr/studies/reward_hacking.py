@@ -56,9 +56,9 @@ class Budget:
     eval_problems: int
 
 
-FULL = Budget(sft_steps=600, label_problems=512, label_samples=4, rm_steps=300,
-              ppo_iterations=60, prompts_per_iteration=32, num_samples=4, eval_every=10,
-              eval_problems=128)
+FULL = Budget(sft_steps=800, label_problems=256, label_samples=4, rm_steps=300,
+              ppo_iterations=40, prompts_per_iteration=16, num_samples=4, eval_every=10,
+              eval_problems=64)
 QUICK = Budget(sft_steps=60, label_problems=64, label_samples=2, rm_steps=20,
                ppo_iterations=4, prompts_per_iteration=8, num_samples=4, eval_every=2,
                eval_problems=16)

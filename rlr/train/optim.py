@@ -11,6 +11,8 @@ from typing import Any, Mapping, Union
 import jax
 import optax
 
+from rlr.config import ConfigError
+
 SCHEDULES = ("constant", "linear", "cosine")
 NO_DECAY_NAMES = ("bias", "scale")  # parameter leaf names that weight decay skips
 
@@ -32,12 +34,12 @@ class OptimConfig:
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"optim.schedule={self.schedule!r}: expected one of {SCHEDULES}")
+            raise ConfigError(f"optim.schedule={self.schedule!r}: expected one of {SCHEDULES}")
         if self.warmup_steps < 0 or self.total_steps < 1:
-            raise ValueError(f"optim.warmup_steps={self.warmup_steps}, optim.total_steps="
+            raise ConfigError(f"optim.warmup_steps={self.warmup_steps}, optim.total_steps="
                              f"{self.total_steps}: expected warmup_steps >= 0, total_steps >= 1")
         if self.schedule != "constant" and self.warmup_steps >= self.total_steps:
-            raise ValueError(f"optim.warmup_steps={self.warmup_steps} must be < optim.total_steps="
+            raise ConfigError(f"optim.warmup_steps={self.warmup_steps} must be < optim.total_steps="
                              f"{self.total_steps} for the {self.schedule!r} schedule")
 
 

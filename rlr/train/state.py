@@ -84,7 +84,9 @@ def create_train_state(params: Any, optimizer: optax.GradientTransformation,
     step = jnp.zeros((), jnp.int32)
     rng = _as_typed_key(rng)
     if mesh is not None:
-        step, rng = jax.device_put((step, rng), NamedSharding(mesh, P()))
+        # A jitted identity, not device_put: it also places them when the mesh spans processes.
+        replicate = jax.jit(lambda s, k: (s, k), out_shardings=NamedSharding(mesh, P()))
+        step, rng = replicate(step, rng)
     return TrainState(step=step, params=params, opt_state=opt_state, rng=rng)
 
 
@@ -122,7 +124,7 @@ def apply_gradients(state: TrainState, grads: Any,
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    return new_state, optax.global_norm(grads)
+    return new_state, optax.tree.norm(grads)
 
 
 def ema_update(target_params: Any, source_params: Any, eta: float | jax.Array) -> Any:

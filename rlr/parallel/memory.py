@@ -1,0 +1,330 @@
+"""Bytes per device of a training step or a sampler, before anything is compiled.
+
+A plan for a mesh (data, fsdp, tensor) and a batch: will Qwen2.5-1.5B with AdamW, B=16, T=1024
+and no rematerialisation fit in 80 GB? `estimate_memory` answers from the model config alone
+(parameter shapes come from `jax.eval_shape` of the real model, so nothing is allocated), split
+into the parts that a person can act on:
+
+    params            the parameter trees (policy, plus critic / reference when asked)
+    optimizer_state   Adam's two moments (or the state of any optax transformation)
+    gradients         one params-shaped gradient tree (the largest model's)
+    activations       what the backward pass keeps (per remat policy) + its working set
+    kv_cache          the sampler's key/value cache, when asked
+
+Sharding follows the logical-axis rules (rlr/parallel/rules.py): a parameter dimension named
+`embed` is split over fsdp, `heads` / `mlp` / `vocab` over tensor, and so on; activations are
+split over (data, fsdp) along the batch and over tensor along heads and the MLP width.
+
+The activation formulas count the residuals that `jax.vjp` of rlr.models.Transformer saves
+(read with `jax.ad_checkpoint.saved_residuals`) and a working set fitted to XLA's compiled
+memory analysis of rlr.train.sft_step.train_step (tests/test_memory.py checks the total within
+20%). They describe the XLA attention of rlr.models.decoder, which materialises the [T, S]
+score matrix of every head; a fused (flash) attention would not. References for the counting:
+Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models") and
+Rajbhandari et al. 2020 (ZeRO: optimizer states and gradients sharded with the parameters).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlr.models.config import REMAT_POLICIES, ModelConfig
+from rlr.parallel.rules import BATCH_AXES, DEFAULT_RULES, MESH_AXES
+
+GiB = 1024 ** 3
+OPTIMIZER_MOMENTS = {"adamw": 2, "sgd": 0}  # params-shaped state trees of a named optimizer
+MeshLike = Union[None, jax.sharding.Mesh, Mapping[str, int], Sequence[int]]
+
+# Working set of the backward pass of one layer, as a multiple of that layer's saved residuals
+# without rematerialisation (recomputed activations and their cotangents), per remat policy:
+# fitted to XLA's memory analysis of the SFT step on CPU (float32; tests/test_memory.py).
+BACKWARD_WORKING_SET = {"none": 1.0, "full": 1.25, "dots": 0.8}
+# float32 [rows, chunk, V] buffers alive at once in the backward of one log-prob chunk
+# (logits, softmax, their cotangent).
+LOGIT_BUFFERS = 3
+
+
+def mesh_sizes(mesh: MeshLike) -> dict[str, int]:
+    """{"data": d, "fsdp": f, "tensor": t} of a Mesh, a dict of some of those names, a
+    (data, fsdp, tensor) tuple, or None (one device)."""
+    if mesh is None:
+        return {axis: 1 for axis in MESH_AXES}
+    if isinstance(mesh, jax.sharding.Mesh):
+        sizes = dict(mesh.shape)
+    elif isinstance(mesh, Mapping):
+        sizes = dict(mesh)
+    else:
+        sizes = dict(zip(MESH_AXES, mesh))
+        if len(mesh) != len(MESH_AXES):
+            raise ValueError(f"mesh shape {tuple(mesh)}: expected {len(MESH_AXES)} sizes "
+                             f"{MESH_AXES}")
+    unknown = set(sizes) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"mesh axes {sorted(unknown)}: expected names from {MESH_AXES}")
+    sizes = {axis: int(sizes.get(axis, 1)) for axis in MESH_AXES}
+    if any(s < 1 for s in sizes.values()):
+        raise ValueError(f"mesh sizes {sizes}: expected every size >= 1 (no -1 here)")
+    return sizes
+
+
+def _split(dim: int, shards: int) -> int:
+    """Per-device length of a dimension of `dim` split `shards` ways (padded when uneven)."""
+    return -(-dim // shards)
+
+
+def _axis_shards(mesh_axes: Any, sizes: Mapping[str, int]) -> int:
+    if mesh_axes is None:
+        return 1
+    names = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+    return int(np.prod([sizes[n] for n in names]))
+
+
+def _sharded_bytes(shape: Sequence[int], dtype: Any, logical: Optional[Sequence[Any]],
+                   sizes: Mapping[str, int], rules) -> int:
+    """Bytes per device of one array of `shape` whose dims carry the logical names `logical`."""
+    spec = nn.logical_to_mesh_axes(tuple(logical), rules) if logical else None
+    per_device = list(shape)
+    if spec is not None:
+        for i, mesh_axes in enumerate(spec):
+            per_device[i] = _split(shape[i], _axis_shards(mesh_axes, sizes))
+    return int(np.prod(per_device, dtype=np.int64)) * jnp.dtype(dtype).itemsize
+
+
+@functools.lru_cache(maxsize=32)
+def abstract_model_params(config: ModelConfig, head: str = "lm") -> tuple[Any, Any]:
+    """(ShapeDtypeStruct tree, logical PartitionSpec tree) of Transformer(config, head)'s
+    params, from `jax.eval_shape` of its init: nothing is allocated, whatever the size."""
+    from rlr.models.decoder import Transformer
+
+    model = Transformer(config, head=head)
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    boxed = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), tokens, tokens, jnp.ones((1, 1), bool))["params"])
+    return nn.meta.unbox(boxed), nn.get_partition_spec(boxed)
+
+
+def _tree_bytes(shapes: Any, specs: Any, sizes, rules) -> int:
+    """Bytes per device of a tree of arrays whose logical specs are the tree `specs`."""
+    leaves, treedef = jax.tree.flatten(shapes)
+    spec_leaves = treedef.flatten_up_to(specs)  # one spec (or None) per array, in order
+    return sum(_sharded_bytes(x.shape, x.dtype, s, sizes, rules) for x, s in zip(leaves, spec_leaves))
+
+
+def param_bytes(config: ModelConfig, mesh: MeshLike = None, head: str = "lm",
+                rules=DEFAULT_RULES) -> int:
+    """Bytes per device of the params: sum over leaves of prod_i ceil(dim_i / shards_i) *
+    itemsize(param_dtype), shards_i the product of the mesh axes that dim i's logical name maps
+    to under `rules` (about config.num_params() * itemsize / (fsdp * tensor) for big models)."""
+    shapes, specs = abstract_model_params(config, head)
+    return _tree_bytes(shapes, specs, mesh_sizes(mesh), rules)
+
+
+def optimizer_state_bytes(config: ModelConfig, mesh: MeshLike = None, optimizer: Any = "adamw",
+                          head: str = "lm", rules=DEFAULT_RULES) -> int:
+    """Bytes per device of the optimizer state, sharded like the params (as
+    rlr.train.state.create_train_state places it).
+
+    optimizer: "adamw" (two params-shaped moments in the param dtype: 2 * param_bytes; the
+    scalar step counts are left out), "sgd" (none), or an optax GradientTransformation: then its
+    exact state from `jax.eval_shape(optimizer.init, params)`, every params-shaped subtree
+    sharded like the params and every other leaf (counts) whole on each device.
+    """
+    sizes = mesh_sizes(mesh)
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZER_MOMENTS:
+            raise ValueError(f"optimizer={optimizer!r}: expected one of {sorted(OPTIMIZER_MOMENTS)} "
+                             "or an optax.GradientTransformation")
+        return OPTIMIZER_MOMENTS[optimizer] * param_bytes(config, sizes, head, rules)
+    shapes, specs = abstract_model_params(config, head)
+    param_def = jax.tree.structure(shapes)
+    param_shapes = [x.shape for x in jax.tree.leaves(shapes)]
+
+    def params_like(node) -> bool:
+        return (jax.tree.structure(node) == param_def
+                and [x.shape for x in jax.tree.leaves(node)] == param_shapes)
+
+    state = jax.eval_shape(optimizer.init, shapes)
+    total = 0
+    for node in jax.tree.leaves(state, is_leaf=params_like):
+        if params_like(node):
+            total += _tree_bytes(node, specs, sizes, rules)
+        else:
+            total += int(np.prod(node.shape, dtype=np.int64)) * jnp.dtype(node.dtype).itemsize
+    return total
+
+
+def kv_cache_bytes(config: ModelConfig, rows: int, slots: int, mesh: MeshLike = None,
+                   dtype: Any = None) -> int:
+    """Bytes per device of the sampler's key/value cache (rlr.sampling.generate): k and v of
+    shape [L, rows, slots, KVH, Dh] in `dtype` (default the compute dtype),
+
+        2 * L * ceil(rows / (data * fsdp)) * slots * KVH' * Dh * itemsize,
+
+    KVH' = KVH / tensor when tensor divides KVH (the sampler splits kv heads over tensor only
+    then), else KVH. slots = prompt length + max_new_tokens; rows = prompts * samples.
+    """
+    sizes = mesh_sizes(mesh)
+    row_shards = _axis_shards(BATCH_AXES, sizes)
+    heads = config.num_kv_heads
+    if heads % sizes["tensor"] == 0:
+        heads //= sizes["tensor"]
+    itemsize = jnp.dtype(dtype or config.dtype).itemsize
+    return 2 * config.num_layers * _split(rows, row_shards) * slots * heads * config.head_dim * itemsize
+
+
+def _layer_widths(config: ModelConfig, tensor: int) -> dict[str, int]:
+    """Per-token widths of one layer's activations on one device: D (residual stream, whole on
+    every device), Nd = N Dh and Kd = KVH Dh (query and key/value heads), F (MLP), N, KVH."""
+    c = config
+    heads, kv_heads = _split(c.num_heads, tensor), _split(c.num_kv_heads, tensor)
+    return dict(D=c.hidden_size, Nd=heads * c.head_dim, Kd=kv_heads * c.head_dim,
+                F=_split(c.intermediate_size, tensor), N=heads, KVH=kv_heads)
+
+
+def saved_bytes_per_token(config: ModelConfig, seq_len: int, remat: str, tensor: int = 1) -> int:
+    """Bytes one layer saves for the backward pass, per token, on one device (a = itemsize of
+    the compute dtype, S = seq_len keys a query sees, widths from `_layer_widths`):
+
+      none: a (4D + 2Nd + 2Kd + 6F + N S) + 4 (2D + N S + KVH S + 2N + 1) + KVH S
+            (normed inputs, q/k/v, attention output, the six SwiGLU tensors, the float32 scores
+            and their softmax in the compute dtype, the float32 residual stream of the two
+            RMSNorms, and the broadcast boolean mask)
+      dots: a (2D + Nd + 2Kd + 2F)   (the outputs of the weight matmuls only:
+            jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims)
+      full: a D                      (the layer's input; everything else is recomputed)
+    """
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat={remat!r}: expected one of {REMAT_POLICIES}")
+    a = jnp.dtype(config.dtype).itemsize
+    w = _layer_widths(config, tensor)
+    s = seq_len
+    if remat == "full":
+        return a * w["D"]
+    if remat == "dots":
+        return a * (2 * w["D"] + w["Nd"] + 2 * w["Kd"] + 2 * w["F"])
+    return (a * (4 * w["D"] + 2 * w["Nd"] + 2 * w["Kd"] + 6 * w["F"] + w["N"] * s)
+            + 4 * (2 * w["D"] + w["N"] * s + w["KVH"] * s + 2 * w["N"] + 1) + w["KVH"] * s)
+
+
+def activation_bytes(config: ModelConfig, mesh: MeshLike, batch: int, seq_len: int,
+                     remat: Optional[str] = None, chunk_size: int = 128, head: str = "lm",
+                     rules=DEFAULT_RULES) -> int:
+    """Peak bytes per device of the activations of one forward + backward pass over a batch of
+    `batch` rows of `seq_len` tokens (n = ceil(batch / (data * fsdp)) * seq_len tokens here):
+
+        L * n * saved(remat)                residuals the scan over layers keeps
+      + n * ((a + 8) * D + S)               final norm, chunked hidden states, causal mask
+      + max(W_layer, W_logits)              the larger of the two backward working sets:
+          W_layer  = k(remat) * n * saved("none")        one layer's recomputed activations and
+                                                         cotangents, k = BACKWARD_WORKING_SET
+          W_logits = LOGIT_BUFFERS * 4 * rows * C * V'   one chunk of float32 logits (LM head;
+                                                         V' = V / tensor, C = min(chunk, T))
+      + one layer's params, gathered whole over fsdp (when fsdp > 1)
+
+    remat defaults to config.remat; saved() is `saved_bytes_per_token`; a the compute itemsize.
+    """
+    c = config
+    remat = c.remat if remat is None else remat
+    sizes = mesh_sizes(mesh)
+    rows = _split(batch, _axis_shards(BATCH_AXES, sizes))
+    tokens = rows * seq_len
+    a = jnp.dtype(c.dtype).itemsize
+    saved = c.num_layers * tokens * saved_bytes_per_token(c, seq_len, remat, sizes["tensor"])
+    saved += tokens * ((a + 8) * c.hidden_size + seq_len)
+    working = (BACKWARD_WORKING_SET[remat] * tokens
+               * saved_bytes_per_token(c, seq_len, "none", sizes["tensor"]))
+    if head == "lm":
+        chunk = min(chunk_size, seq_len)
+        logits = LOGIT_BUFFERS * 4 * rows * chunk * _split(c.vocab_size, sizes["tensor"])
+        working = max(working, logits)
+    gathered = 0
+    if sizes["fsdp"] > 1:
+        shapes, specs = abstract_model_params(c, head)
+        stacked = _tree_bytes(shapes["layers"], specs["layers"], dict(sizes, fsdp=1), rules)
+        gathered = stacked // c.num_layers
+    return int(saved + working + gathered)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per device, by part. `training` is the peak of an update step, `sampling` that of
+    generation (params of every model, optimizer state kept alive, the KV cache)."""
+
+    params: int
+    optimizer_state: int
+    gradients: int
+    activations: int
+    kv_cache: int
+    batch_inputs: int
+
+    @property
+    def training(self) -> int:
+        return self.params + self.optimizer_state + self.gradients + self.activations + self.batch_inputs
+
+    @property
+    def sampling(self) -> int:
+        return self.params + self.optimizer_state + self.kv_cache
+
+    @property
+    def total(self) -> int:
+        """max(training, sampling): what the device must hold at the worst moment of a loop."""
+        return max(self.training, self.sampling)
+
+    def summary(self) -> str:
+        """One line a part, in GiB."""
+        parts = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        parts.update(training=self.training, sampling=self.sampling, total=self.total)
+        return "\n".join(f"{name:<16} {value / GiB:9.3f} GiB" for name, value in parts.items())
+
+
+def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int = 1,
+                    seq_len: int = 1024, *, optimizer: Any = "adamw", remat: Optional[str] = None,
+                    with_critic: bool = False, with_reference: bool = False,
+                    reference_dtype: Any = None, kv_cache: Optional[tuple[int, int]] = None,
+                    chunk_size: int = 128, donate: bool = True,
+                    rules=DEFAULT_RULES) -> MemoryEstimate:
+    """Bytes per device of a training step of `model_config` (an LM-head policy) on `mesh`:
+
+      params          = P(lm) [+ P(score) with_critic] [+ P_ref with_reference]
+      optimizer_state = O(lm) [+ O(score) with_critic]        (optimizer_state_bytes)
+      gradients       = max(P(lm), P(score)): the policy's and the critic's gradients are not
+                        alive at once (rlr.train.ppo_step applies one before computing the other)
+      activations     = activation_bytes(lm) (>= the score head's, which has no logits)
+      batch_inputs    = 4 int32/bool arrays [rows, T] (tokens, positions, masks)
+      kv_cache        = kv_cache_bytes(rows, slots) for kv_cache=(rows, slots), else 0
+
+    P = param_bytes; P_ref = P(lm) with params stored in `reference_dtype` (default the param
+    dtype; bfloat16 halves it and, with bfloat16 compute, changes no number). Without `donate`, the step writes new params and optimizer state next to
+    the old ones: params and optimizer_state of the trained models count twice.
+    `batch` is the number of model rows a step runs (DPO: 2 x pairs; PPO: one minibatch).
+    remat: none | full | dots (default: model_config.remat).
+    """
+    sizes = mesh_sizes(mesh)
+    remat = model_config.remat if remat is None else remat
+    policy = param_bytes(model_config, sizes, "lm", rules)
+    critic = param_bytes(model_config, sizes, "score", rules) if with_critic else 0
+    opt = optimizer_state_bytes(model_config, sizes, optimizer, "lm", rules)
+    if with_critic:
+        opt += optimizer_state_bytes(model_config, sizes, optimizer, "score", rules)
+    trained = policy + critic
+    reference = 0
+    if with_reference:
+        ref_config = model_config.replace(param_dtype=reference_dtype or model_config.param_dtype)
+        reference = param_bytes(ref_config, sizes, "lm", rules)
+    params = trained + reference
+    if not donate:
+        params += trained
+        opt *= 2
+    rows = _split(batch, _axis_shards(BATCH_AXES, sizes))
+    cache = 0 if kv_cache is None else kv_cache_bytes(model_config, *kv_cache, mesh=sizes)
+    return MemoryEstimate(
+        params=params, optimizer_state=opt, gradients=max(policy, critic),
+        activations=activation_bytes(model_config, sizes, batch, seq_len, remat, chunk_size,
+                                     rules=rules),
+        kv_cache=cache, batch_inputs=rows * seq_len * (4 + 4 + 1 + 1))

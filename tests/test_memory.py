@@ -1,0 +1,183 @@
+"""rlr.parallel.memory against what XLA and the sampler actually allocate.
+
+The SFT train step (rlr.train.sft_step.train_step, clip + AdamW from rlr.train.optim) is lowered
+from abstract (ShapeDtypeStruct) state and batch on meshes of the 8 simulated CPU devices and
+compiled; its memory analysis gives per-device bytes. Params + optimizer state + batch must
+equal the compiled argument bytes exactly; the estimated training total must be within 20% of
+arguments + outputs + temporaries - aliased. float32 compute: XLA's CPU backend keeps float32
+copies of bfloat16 tensors, so a bfloat16 estimate is checked on a GPU (benchmarks/train_step.py
+prints both), not here.
+"""
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from rlr.models import Transformer, get_config
+from rlr.parallel import DEFAULT_RULES, make_mesh, param_shardings
+from rlr.parallel.memory import (MemoryEstimate, estimate_memory, kv_cache_bytes, mesh_sizes,
+                                 optimizer_state_bytes, param_bytes, saved_bytes_per_token)
+from rlr.parallel.mesh import abstract_params
+from rlr.sampling.generate import SamplingConfig, generate
+from rlr.train import sft_step
+from rlr.train.optim import OptimConfig, make_optimizer
+from rlr.train.state import abstract_train_state
+
+# Small but not trivial: activations, weights and logits all count.
+CONFIG = get_config("tiny", vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4,
+                    num_heads=4, num_kv_heads=2, head_dim=32, dtype=jnp.float32)
+STEP_AND_KEY_BYTES = 4 + 8  # TrainState.step (int32) and its threefry key (2 x uint32)
+
+
+def compiled_sft_step(config, mesh_shape, batch, seq_len, chunk):
+    """(memory analysis, optimizer) of the jitted, state-donating SFT step on a mesh."""
+    devices = jax.devices()[:int(np.prod(mesh_shape))]
+    mesh = make_mesh(*mesh_shape, devices=devices)
+    model = Transformer(config)
+    optimizer = make_optimizer(OptimConfig())
+    shapes, _ = abstract_params(lambda: model.init(
+        jax.random.key(0), jnp.zeros((1, 8), jnp.int32), jnp.zeros((1, 8), jnp.int32),
+        jnp.ones((1, 8), bool))["params"])
+    params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          shapes, param_shardings(model, mesh))
+    state = abstract_train_state(params, optimizer, jax.random.key(1))
+    rows = NamedSharding(mesh, P(("data", "fsdp"), None))
+    data = {name: jax.ShapeDtypeStruct((batch, seq_len), dtype, sharding=rows)
+            for name, dtype in [("tokens", jnp.int32), ("positions", jnp.int32),
+                                ("attention_mask", bool), ("loss_mask", bool)]}
+    step = functools.partial(sft_step.train_step, model=model, optimizer=optimizer,
+                             chunk_size=chunk)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        compiled = jax.jit(step, donate_argnums=(0,)).lower(state, data).compile()
+    return compiled.memory_analysis(), optimizer
+
+
+@pytest.mark.parametrize("remat,mesh_shape,batch", [
+    ("none", (1, 1, 1), 4),   # one device, everything saved
+    ("full", (1, 4, 1), 4),   # FSDP: params, moments and gradients split 4 ways
+    ("dots", (2, 1, 2), 8),   # data x tensor: heads and MLP split over tensor
+])
+def test_estimate_matches_compiled_sft_step(remat, mesh_shape, batch):
+    seq_len, chunk = 128, 64
+    config = CONFIG.replace(remat=remat)
+    analysis, optimizer = compiled_sft_step(config, mesh_shape, batch, seq_len, chunk)
+    est = estimate_memory(config, mesh_shape, batch, seq_len, optimizer=optimizer,
+                          chunk_size=chunk)
+    # Exact: params, Adam moments (+ counts) and the batch are the program's arguments.
+    assert analysis.argument_size_in_bytes == (est.params + est.optimizer_state
+                                               + est.batch_inputs + STEP_AND_KEY_BYTES)
+    # The named optimizer leaves out only the two int32 step counts (clip has none).
+    named = estimate_memory(config, mesh_shape, batch, seq_len, chunk_size=chunk)
+    assert est.optimizer_state - named.optimizer_state == 8
+    measured = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    assert abs(est.training - measured) / measured < 0.2, (est.summary(), measured)
+    assert est.total == est.training  # no KV cache asked for
+
+
+def test_param_bytes_by_hand():
+    # Unsharded: 4 bytes a parameter of the closed-form count (lm_head untied in "tiny").
+    assert param_bytes(CONFIG) == 4 * CONFIG.num_params()
+    # fsdp=4 splits every `embed` dimension (all matrices; norm scales are [D] = embed too),
+    # except biases ([heads, head_dim]: no embed axis) which stay whole.
+    c = CONFIG
+    biases = c.num_layers * c.head_dim * (c.num_heads + 2 * c.num_kv_heads)
+    assert param_bytes(c, (1, 4, 1)) == 4 * ((c.num_params() - biases) // 4 + biases)
+    # The critic's score head replaces lm_head [D, V] by a kernel [D] and a bias [].
+    d, v = c.hidden_size, c.vocab_size
+    assert param_bytes(c, head="score") == 4 * (c.num_params() - d * v + d + 1)
+    # A 0.5B model is sized from shapes alone (nothing allocated); tied embeddings count once.
+    big = get_config("qwen2.5-0.5b")
+    assert param_bytes(big) == 4 * big.num_params()
+    assert param_bytes(big.replace(param_dtype=jnp.bfloat16)) == 2 * big.num_params()
+
+
+def test_estimate_parts_compose():
+    kw = dict(mesh=(1, 2, 1), batch=4, seq_len=64)
+    plain = estimate_memory(CONFIG, **kw)
+    p_lm, p_score = param_bytes(CONFIG, (1, 2, 1)), param_bytes(CONFIG, (1, 2, 1), "score")
+    assert (plain.params, plain.optimizer_state, plain.gradients) == (p_lm, 2 * p_lm, p_lm)
+    ppo = estimate_memory(CONFIG, **kw, with_critic=True)
+    assert ppo.params == p_lm + p_score
+    assert ppo.optimizer_state == 2 * (p_lm + p_score)
+    assert ppo.gradients == max(p_lm, p_score)  # policy and critic gradients not alive at once
+    dpo = estimate_memory(CONFIG, **kw, with_reference=True, reference_dtype=jnp.bfloat16)
+    assert dpo.params == p_lm + p_lm // 2 and dpo.optimizer_state == 2 * p_lm
+    kept = estimate_memory(CONFIG, **kw, donate=False)
+    assert (kept.params, kept.optimizer_state) == (2 * p_lm, 4 * p_lm)
+    sgd = estimate_memory(CONFIG, **kw, optimizer="sgd")
+    assert sgd.optimizer_state == 0
+    # More rematerialisation, fewer activation bytes; more rows, more activation bytes.
+    acts = [estimate_memory(CONFIG, **kw, remat=r).activations for r in ("none", "dots", "full")]
+    assert acts[0] > acts[1] > acts[2]
+    assert estimate_memory(CONFIG, (1, 2, 1), 8, 64).activations > plain.activations
+    # Sampling: the cache counts there, not in the training peak.
+    cached = estimate_memory(CONFIG, **kw, kv_cache=(16, 96))
+    assert cached.kv_cache == kv_cache_bytes(CONFIG, 16, 96, (1, 2, 1)) > 0
+    assert cached.sampling == cached.params + cached.optimizer_state + cached.kv_cache
+    assert cached.total == max(cached.training, cached.sampling)
+    assert "activations" in cached.summary()
+
+
+def test_saved_bytes_formulas_by_hand():
+    c = get_config("tiny", dtype=jnp.bfloat16)  # D=64, F=128, N=4, KVH=2, Dh=16
+    s = 10
+    assert saved_bytes_per_token(c, s, "full") == 2 * 64
+    assert saved_bytes_per_token(c, s, "dots") == 2 * (2 * 64 + 64 + 2 * 32 + 2 * 128)
+    none = 2 * (4 * 64 + 2 * 64 + 2 * 32 + 6 * 128 + 4 * s) + 4 * (2 * 64 + 4 * s + 2 * s + 8 + 1) + 2 * s
+    assert saved_bytes_per_token(c, s, "none") == none
+    # tensor=2 halves heads, kv heads and the MLP width; the residual stream D stays whole.
+    assert saved_bytes_per_token(c, s, "dots", tensor=2) == 2 * (2 * 64 + 32 + 2 * 16 + 2 * 64)
+
+
+@pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (2, 1, 4)])
+def test_kv_cache_matches_sampler_cache(mesh_shape):
+    """The cache `generate` builds: its global [L, N, P + R, KVH, Dh] shape and, from the
+    sharding constraint the sampler puts on it, its per-device shard."""
+    config = get_config("tiny")
+    mesh = make_mesh(*mesh_shape)
+    model = Transformer(config)
+    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                          abstract_params(lambda: model.init(
+                              jax.random.key(0), jnp.zeros((1, 4), jnp.int32),
+                              jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), bool))["params"])[0])
+    prompts, prompt_len = 4, 8
+    sampling = SamplingConfig(max_new_tokens=6, num_samples=2)
+    tokens = jnp.zeros((prompts, prompt_len), jnp.int32)
+    mask = jnp.ones((prompts, prompt_len), bool)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        jaxpr = jax.make_jaxpr(lambda p, t, m, k: generate(model, p, t, m, k, sampling, mesh))(
+            params, tokens, mask, jax.random.key(0))
+    caches = [(e.invars[0].aval, e.params["sharding"]) for e in jaxpr.jaxpr.eqns
+              if e.primitive.name == "sharding_constraint" and e.invars[0].aval.ndim == 5]
+    assert len(caches) == 2  # k and v, after the prefill
+    rows, slots = prompts * sampling.num_samples, prompt_len + sampling.max_new_tokens
+    shape = (config.num_layers, rows, slots, config.num_kv_heads, config.head_dim)
+    itemsize = jnp.dtype(config.dtype).itemsize
+    assert all(aval.shape == shape for aval, _ in caches)
+    per_device = sum(math.prod(sharding.shard_shape(aval.shape)) * itemsize
+                     for aval, sharding in caches)
+    assert kv_cache_bytes(config, rows, slots, mesh) == per_device
+    assert kv_cache_bytes(config, rows, slots) == 2 * math.prod(shape) * itemsize
+
+
+def test_mesh_sizes_and_errors():
+    assert mesh_sizes(None) == {"data": 1, "fsdp": 1, "tensor": 1}
+    assert mesh_sizes({"fsdp": 8}) == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert mesh_sizes((2, 2, 2)) == mesh_sizes(make_mesh(2, 2, 2))
+    with pytest.raises(ValueError, match="expected names from"):
+        mesh_sizes({"model": 2})
+    with pytest.raises(ValueError, match="expected 3 sizes"):
+        mesh_sizes((2, 4))
+    with pytest.raises(ValueError, match="no -1"):
+        mesh_sizes((-1, 1, 1))
+    with pytest.raises(ValueError, match="remat='half'"):
+        estimate_memory(CONFIG, None, 1, 8, remat="half")
+    with pytest.raises(ValueError, match="optimizer='lion'"):
+        optimizer_state_bytes(CONFIG, None, "lion")
+    assert isinstance(estimate_memory(CONFIG), MemoryEstimate)
