@@ -32,7 +32,7 @@ setup(
     version="0.1.0",
     description="Reinforcement learning of language models from rewards (PPO, DPO, ORM/PRM shaping) in JAX.",
     packages=find_packages(include=["rlr", "rlr.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # tomllib (rlr.data.real_sets)
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["rlr=rlr.launch:main"]},

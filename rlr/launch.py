@@ -35,6 +35,10 @@ def register_subcommand(name: str, target: Union[str, Callable[[list[str]], Opti
     SUBCOMMANDS[name] = target
 
 
+register_subcommand("fetch", "rlr.fetch:main")  # download the real model and problems (issue 10)
+register_subcommand("eval", "rlr.evaluate:main")  # greedy / pass@k accuracy of a checkpoint
+
+
 def _resolve(target: Union[str, Callable]) -> Callable:
     if callable(target):
         return target

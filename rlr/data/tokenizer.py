@@ -336,7 +336,9 @@ class HFTokenizer(Tokenizer):
         tokenizer_config: a dict, a path, or None for the tokenizer_config.json beside
         tokenizer.json; it must name eos_token. chat_format: None detects it from the
         vocabulary ("<|im_start|>" -> chatml, "<|start_header_id|>" -> llama3, else plain).
-        system_prompt: None gives Qwen2.5's default for chatml and no system message otherwise.
+        system_prompt: None takes tokenizer_config's "system_prompt" (written by
+            rlr.models.gguf_io.convert_gguf), else Qwen2.5's default for chatml and no system
+            message otherwise.
         """
         from tokenizers import Tokenizer as _Tokenizer
 
@@ -365,6 +367,8 @@ class HFTokenizer(Tokenizer):
         if chat_format is None:
             vocab = tokenizer.get_vocab(with_added_tokens=True)
             chat_format = "chatml" if "<|im_start|>" in vocab else "llama3" if "<|start_header_id|>" in vocab else "plain"
+        if system_prompt is None:
+            system_prompt = tokenizer_config.get("system_prompt")
         if system_prompt is None and chat_format == "chatml":
             system_prompt = QWEN_SYSTEM_PROMPT
         return cls(

@@ -1,0 +1,55 @@
+"""DPO of SmolLM2-135M-Instruct on verifier-ranked pairs of its own GSM-style solutions.
+
+    rlr fetch
+    rlr --config experiments/smollm2_dpo.py --workdir runs/smollm2-dpo         # CPU, 2 cores
+    rlr eval --checkpoint runs/smollm2-dpo --sets gsm8k-eval
+    rlr --config experiments/smollm2_dpo.py:full --workdir runs/smollm2-dpo    # GPU / TPU sizes
+
+Pairs (config.dpo.pairs = "sampled"): the policy samples num_samples solutions to each training
+problem (GSM-Symbolic problems generated from the non-held-out templates, see
+experiments/smollm2_ppo.py); the answer verifier ranks them and a correct solution is paired
+with an incorrect one of the same problem. These are verifier preferences, not human ones:
+they say which final answer is right, nothing about style or helpfulness, and problems the
+policy solves always or never give no pair. Held-out eval: the other 50 GSM8K originals.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from experiments import base, sft
+from experiments.smollm2_ppo import gsm_data, smollm2_model
+from rlr.config import ConfigError
+from rlr.train.dpo import dpo_group
+
+VARIANTS = ("cpu", "full")
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    variant = variant or "cpu"
+    if variant not in VARIANTS:
+        raise ConfigError(f"experiments/smollm2_dpo.py:{variant}: unknown variant, expected one of "
+                          f"{VARIANTS}")
+    full = variant == "full"
+    config = base.common(trainer="dpo")
+    config.model = smollm2_model(full)
+    num_steps = ml_collections.FieldReference(500 if full else 16)
+    config.optim.total_steps = num_steps
+    config.optim.schedule = "linear"
+    config.optim.learning_rate = 5e-7 if full else 2e-6
+    config.optim.warmup_steps = 20 if full else 2
+    config.checkpoint = base.checkpoint(every_steps=100)
+    if full:
+        config.mesh = base.mesh(data=1, fsdp=-1)
+        config.data = gsm_data(max_response_len=512)
+        config.dpo = dpo_group(pairs="sampled", iterations=2, prompts_per_iteration=2048,
+                               num_samples=8, temperature=1.0, sample_batch_size=64,
+                               batch_size=32, beta=0.1, eval_pairs=128, refresh_reference=True)
+        config.eval = sft.eval_group(every_steps=100, num_problems=50, batch_size=50)
+    else:
+        config.data = gsm_data(max_response_len=160)
+        config.dpo = dpo_group(pairs="sampled", iterations=1, prompts_per_iteration=48,
+                               num_samples=4, temperature=1.0, sample_batch_size=24,
+                               batch_size=4, beta=0.1, eval_pairs=4, logprob_chunk=32)
+        config.eval = sft.eval_group(every_steps=0, num_problems=50, batch_size=25)
+    config.dpo.num_steps = num_steps
+    return config
