@@ -64,8 +64,10 @@ def _synthetic(config: ml_collections.ConfigDict, variant: str) -> ml_collection
                            epochs=1, logprob_chunk=64)  # the update is ~80% of an iteration on CPU
     config.rewards = study_rewards(variant, kl_coef=0.02, max_steps=8)
     config.eval = sft.eval_group(every_steps=10, num_problems=128, batch_size=64)
-    config.optim = base.optim(learning_rate=2e-4, schedule="constant", weight_decay=0.0)
-    config.critic_optim = base.optim(learning_rate=1e-3, schedule="constant", weight_decay=0.0)
+    # 2e-4 collapsed the synthetic-1m policy's held-out accuracy (0.45 -> 0.08 in 10 iterations);
+    # 3e-5 keeps it (0.45 -> 0.47) while the KL to the reference grows.
+    config.optim = base.optim(learning_rate=3e-5, schedule="constant", weight_decay=0.0)
+    config.critic_optim = base.optim(learning_rate=3e-4, schedule="constant", weight_decay=0.0)
     return config
 
 

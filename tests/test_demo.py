@@ -34,7 +34,7 @@ def test_table_has_a_row_per_reward(quick_run):
         for key in ("accuracy", "num_steps", "repetition_rate", "response_length"):
             assert math.isfinite(row[key]), (row["variant"], key)
         assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["repetition_rate"] <= 1.0
-        assert row["num_steps"] >= 0 and row["response_length"] > 0
+        assert row["num_steps"] >= 0 and row["response_length"] >= 0  # a collapsed policy says ""
     assert os.path.getsize(os.path.join(quick_run, "curves.png")) > 10_000
 
 

@@ -78,7 +78,7 @@ def test_checker_agrees_with_python_on_10000_problems():
         assert check.has_answer and check.answer_correct and check.answer == truth
         assert final_answer_correct(p.question, p.solution)
         assert not final_answer_correct(p.question, p.solution.replace(f"answer: {truth}", f"answer: {truth + 1}"))
-    assert time.perf_counter() - start < 10.0
+    assert time.perf_counter() - start < 30.0  # ~5 s idle; loose for a loaded CI machine
 
 
 def test_checker_hand_checked():

@@ -91,7 +91,9 @@ def stages(workdir: str, budget: Budget, seed: int = 0, model: str = "synthetic-
     common = (("seed", seed), ("model.name", model))
     evaluation = (("eval.every_steps", budget.eval_every), ("eval.num_problems", budget.eval_problems))
     out = [
-        Stage("sft", exp("sft.py"), common + (("sft.num_steps", budget.sft_steps),) + evaluation),
+        Stage("sft", exp("sft.py"), common + (
+            ("sft.num_steps", budget.sft_steps), ("eval.every_steps", max(budget.sft_steps // 4, 1)),
+            ("eval.num_problems", budget.eval_problems))),
         Stage("label", exp("label.py"), common + (
             ("label.policy_source", run_dir("sft")), ("label.num_problems", budget.label_problems),
             ("label.num_samples", budget.label_samples))),

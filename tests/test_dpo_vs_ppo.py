@@ -1,0 +1,176 @@
+"""The DPO-vs-PPO study (rlr/studies/dpo_vs_ppo.py): its pure pieces on hand-made data, the
+experiment file of the PPO factors, then `python -m rlr.studies.dpo_vs_ppo --quick` end to end
+(tables, plots, every run trained with the settings it names) and the colab on that run. The
+study's findings themselves are not asserted."""
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from rlr.config import load_config
+from rlr.studies import dpo_vs_ppo, report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLAB = os.path.join(ROOT, "colabs", "dpo_vs_ppo.ipynb")
+FACTORS_FILE = os.path.join(ROOT, "experiments", "ppo_factors.py")
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+
+def test_in_data_mass_sums_probabilities_per_group():
+    logps = np.log(np.array([0.5, 0.25, 0.1, 0.05]))
+    mass = dpo_vs_ppo.in_data_mass(logps, np.array([0, 0, 2, 2]), 4)
+    np.testing.assert_allclose(mass, [0.75, 0.0, 0.15, 0.0])
+
+
+def test_preference_sets_keep_questions_with_both_kinds(tmp_path):
+    records = [("q1", "a", True), ("q1", "b", False), ("q1", "a", True), ("q1", "c", False),
+               ("q2", "d", True), ("q2", "e", True),  # no incorrect response: no pair
+               ("q3", "f", False), ("q3", "g", True)]
+    with open(tmp_path / "labelled.jsonl", "w") as f:
+        for q, r, ok in records:
+            f.write(json.dumps({"question": q, "response": r, "correct": ok}) + "\n")
+    sets = dpo_vs_ppo.preference_sets(str(tmp_path), limit=10)
+    assert sets == [dpo_vs_ppo.PreferenceSet("q1", ("a",), ("b", "c")),
+                    dpo_vs_ppo.PreferenceSet("q3", ("g",), ("f",))]
+    assert dpo_vs_ppo.preference_sets(str(tmp_path), limit=1) == sets[:1]
+
+
+def test_mean_std_formats_one_or_several_values():
+    assert dpo_vs_ppo.mean_std([0.25]) == "0.250"
+    assert dpo_vs_ppo.mean_std([0.2, 0.4]) == f"0.300 ± {np.std([0.2, 0.4], ddof=1):.3f}"
+    assert dpo_vs_ppo.mean_std([math.nan]) == "-"
+
+
+def test_factors_are_cumulative_on_one_budget():
+    """Each variant of experiments/ppo_factors.py adds its factor to the previous ones, and every
+    one samples as many responses in all."""
+    configs = [load_config(f"{FACTORS_FILE}:{f}") for f in dpo_vs_ppo.FACTORS]
+    assert [c.ppo.normalize_advantages for c in configs] == [False, True, True, True]
+    assert [c.ppo.reference for c in configs] == ["fixed", "fixed", "fixed", "ema"]
+    prompts = [c.ppo.prompts_per_iteration for c in configs]
+    assert prompts[0] == prompts[1] < prompts[2] == prompts[3]
+    assert len({c.ppo.prompts_per_iteration * c.ppo.num_iterations for c in configs}) == 1
+    hh = [load_config(f"{FACTORS_FILE}:hh_rlhf_{f}") for f in dpo_vs_ppo.FACTORS]
+    assert [c.ppo.reference for c in hh] == ["fixed", "fixed", "fixed", "ema"]
+    assert len({c.ppo.prompts_per_iteration * c.ppo.num_iterations for c in hh}) == 1
+
+
+def test_ppo_stages_share_the_budget(tmp_path):
+    budget = dpo_vs_ppo.FULL
+    ppo = [s for s in dpo_vs_ppo.stages(str(tmp_path), budget) if s.name.startswith("ppo_")]
+    assert len(ppo) == len(dpo_vs_ppo.FACTORS) * budget.seeds
+    overrides = [dict(s.overrides) for s in ppo]
+    totals = {o["ppo.prompts_per_iteration"] * o["ppo.num_iterations"] * o["sampling.num_samples"]
+              for o in overrides}
+    assert totals == {budget.ppo_prompts * budget.ppo_iterations * budget.num_samples}
+    assert sorted({o["seed"] for o in overrides}) == list(range(budget.seeds))
+
+
+# ----------------------------------------------------------------------------- the quick study
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """The whole quick study, compiled with XLA's optimisations mostly off (its arrays are tiny:
+    compilation, not execution, is what takes the time)."""
+    workdir = str(tmp_path_factory.mktemp("dpo_vs_ppo"))
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        assert dpo_vs_ppo.main(["--workdir", workdir, "--quick"]) == 0
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+    return workdir
+
+
+def _tables(workdir: str) -> list[list[str]]:
+    """The markdown tables of results.md, each a list of its '|' lines."""
+    with open(os.path.join(workdir, "results.md")) as f:
+        text = f.read()
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def _first_cells(table: list[str]) -> list[str]:
+    return [row.split(" | ")[0].lstrip("| ") for row in table[2:]]
+
+
+def test_results_have_both_tables(quick_run):
+    preference, factors = _tables(quick_run)
+    assert preference[0] == "| " + " | ".join(dpo_vs_ppo.PREFERENCE_HEADER) + " |"
+    assert _first_cells(preference) == [dpo_vs_ppo.POLICY_LABELS[p] for p in dpo_vs_ppo.POLICIES]
+    assert factors[0] == "| " + " | ".join(dpo_vs_ppo.FACTORS_HEADER) + " |"
+    assert _first_cells(factors) == [dpo_vs_ppo.FACTOR_LABELS[f] for f in dpo_vs_ppo.FACTORS]
+    for name in ("preference.png", "factors.png"):
+        assert os.path.getsize(os.path.join(quick_run, name)) > 10_000
+
+
+def test_masses_are_a_distribution(quick_run):
+    """chosen + rejected + outside = 1 for every policy; the SFT policy, which sampled the data,
+    gives its responses positive mass; DPO's policy differs from the SFT one."""
+    with open(os.path.join(quick_run, "results.json")) as f:
+        results = json.load(f)
+    rows = {r["policy"]: r for r in results["preference"]}
+    data = results["data"]
+    assert data["num_responses"] == data["num_problems"] * dpo_vs_ppo.QUICK.label_samples
+    assert 0 < data["pass_at_n"] <= 1 and 0 <= data["rm_accuracy"] <= 1
+    assert list(rows) == list(dpo_vs_ppo.POLICIES)
+    for row in rows.values():
+        for c, r, o, a in zip(row["chosen"], row["rejected"], row["outside"], row["accuracy"]):
+            assert 0 <= c <= 1 and 0 <= r <= 1 and -1e-6 <= o <= 1 and 0 <= a <= 1, row["policy"]
+            assert c + r + o == pytest.approx(1.0, abs=1e-9)
+    assert rows["sft"]["chosen"][0] > 0 and rows["sft"]["rejected"][0] > 0
+    assert rows["dpo"]["chosen"][0] != rows["sft"]["chosen"][0]
+
+
+def test_every_run_trained_with_its_settings(quick_run):
+    for name in ("rm", "dpo", "idpo"):
+        _, grad = report.curve(report.read_metrics(os.path.join(quick_run, name)), "grad_norm")
+        assert len(grad) and np.all(grad > 0), name
+    _, pairs = report.curve(report.read_metrics(os.path.join(quick_run, "idpo")), "round/pairs")
+    assert np.all(pairs > 0)
+    budget = dpo_vs_ppo.QUICK
+    for factor in dpo_vs_ppo.FACTORS:
+        run = os.path.join(quick_run, dpo_vs_ppo.ppo_name(factor, 0))
+        lines = report.read_metrics(run)
+        _, kl = report.curve(lines, "kl")
+        _, grad = report.curve(lines, "policy/grad_norm")
+        assert kl[-1] > 0 and np.all(grad > 0), factor
+        with open(os.path.join(run, "config.json")) as f:
+            config = json.load(f)
+        level = dpo_vs_ppo.FACTORS.index(factor)
+        assert config["ppo"]["normalize_advantages"] == (level >= 1)
+        assert config["ppo"]["reference"] == ("ema" if level >= 3 else "fixed")
+        assert config["rewards"]["orm_source"] == os.path.join(quick_run, "rm")
+        assert len(kl) == config["ppo"]["num_iterations"]
+        assert (config["ppo"]["prompts_per_iteration"] * config["ppo"]["num_iterations"]
+                == budget.ppo_prompts * budget.ppo_iterations)
+
+
+def test_rerun_skips_finished_runs(quick_run, capsys):
+    assert dpo_vs_ppo.main(["--workdir", quick_run, "--quick"]) == 0
+    assert "== " not in capsys.readouterr().out
+
+
+def test_colab_runs_on_the_quick_run(quick_run):
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(COLAB, as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": os.path.dirname(COLAB)}}).execute(
+        env={**os.environ, "RLR_RUN_DIR": quick_run})
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
