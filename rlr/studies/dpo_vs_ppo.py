@@ -2,7 +2,7 @@
 Comprehensive Study", on the synthetic task (the tabular counterexample of its Sec. 4.1 is
 rlr/studies/dpo_counterexample.py).
 
-    python -m rlr.studies.dpo_vs_ppo --workdir runs/dpo_vs_ppo           # ~25 min on a 2-core CPU
+    python -m rlr.studies.dpo_vs_ppo --workdir runs/dpo_vs_ppo           # ~17 min on a busy 2-core CPU
     python -m rlr.studies.dpo_vs_ppo --workdir runs/dpo_vs_ppo --quick   # a tiny budget, for tests
 
 A list of ordinary `rlr` runs, each in its own folder under WORKDIR (the command of each is

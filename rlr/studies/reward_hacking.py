@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from rlr.studies import report
+from rlr.train.checkpoint import should_stop
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__)))), "experiments")
@@ -127,6 +128,8 @@ def run_stage(stage: Stage, workdir: str) -> dict:
     print(f"\n== {stage.name}: rlr {' '.join(argv)}", flush=True)
     start = time.time()
     launch.run(argv)
+    if should_stop():  # the run saved a checkpoint on SIGTERM and returned early: not done
+        raise SystemExit(f"{stage.name}: stopped by a preemption signal; rerun to continue")
     result = {"seconds": time.time() - start}
     with open(done, "w") as f:
         json.dump(result, f)
