@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -39,6 +38,7 @@ import numpy as np  # noqa: E402
 from rlr.models import Transformer, get_config, to_hf_config  # noqa: E402
 from rlr.parallel import init_model_params, make_mesh  # noqa: E402
 from rlr.sampling import Sampler, SamplingConfig  # noqa: E402
+from timing import median_seconds  # noqa: E402  (benchmarks/timing.py)
 
 GiB = 1024 ** 3
 
@@ -71,16 +71,6 @@ def parse_args(argv=None):
     args.models = [m for m in args.models.split(",") if m]
     args.batches = [int(b) for b in args.batches.split(",") if b]
     return args
-
-
-def median_seconds(fn, runs: int) -> float:
-    """Median wall time of fn() (which must block until its work is done) over `runs` calls."""
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def copy_bandwidth(nbytes: int, runs: int = 10) -> float:

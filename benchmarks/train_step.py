@@ -55,7 +55,6 @@ import functools
 import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -63,6 +62,8 @@ import time
 # jax allocates on demand, so that torch has the GPU in the same process under --no-isolate.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from timing import median_seconds  # noqa: E402  (benchmarks/timing.py)
 
 STEPS = ("sft", "dpo", "ppo")
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -123,16 +124,6 @@ def step_flops(config, shape: Shape) -> float:
     else:
         per_token = train_lm + flops_per_token(config, shape.seq_len, "score")
     return per_token * shape.tokens
-
-
-def median_seconds(fn, runs: int) -> float:
-    """Median wall time of fn() (which blocks until its work is done) over `runs` calls."""
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # ----------------------------------------------------------------------------- rlr

@@ -8,6 +8,8 @@ import os
 import numpy as np
 import pytest
 
+import notebooks
+
 from rlr import demo
 from rlr.studies import report, reward_hacking
 
@@ -61,13 +63,6 @@ def test_rerun_skips_finished_stages(quick_run, capsys):
 
 
 def test_colab_runs_on_the_quick_run(quick_run):
-    nbformat = pytest.importorskip("nbformat")
-    from nbclient import NotebookClient
-
-    notebook = nbformat.read(COLAB, as_version=4)
-    NotebookClient(notebook, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": os.path.dirname(COLAB)}}).execute(
-        env={**os.environ, "RLR_RUN_DIR": quick_run})
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    outputs = notebooks.execute(COLAB, quick_run)
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)

@@ -10,6 +10,8 @@ import jax
 import numpy as np
 import pytest
 
+import notebooks
+
 from rlr.config import load_config
 from rlr.studies import dpo_vs_ppo, report
 
@@ -164,13 +166,6 @@ def test_rerun_skips_finished_runs(quick_run, capsys):
 
 
 def test_colab_runs_on_the_quick_run(quick_run):
-    nbformat = pytest.importorskip("nbformat")
-    from nbclient import NotebookClient
-
-    notebook = nbformat.read(COLAB, as_version=4)
-    NotebookClient(notebook, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": os.path.dirname(COLAB)}}).execute(
-        env={**os.environ, "RLR_RUN_DIR": quick_run})
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    outputs = notebooks.execute(COLAB, quick_run)
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3

@@ -30,12 +30,15 @@ import hashlib
 import importlib.util
 import json
 import os
+import pathlib
 import random
 import re
 import sys
 import tomllib
 import types
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
+
+from rlr.data.builders._io import get_field, parse_jsonl
 
 GSM_TEMPLATE_DIR = os.path.join("sources", "gsm_symbolic", "eng", "symbolic")
 REASONING_GYM_DIR = os.path.join("sources", "reasoning_gym")
@@ -314,28 +317,24 @@ def gsm8k_record(problem: Problem, **extra: Any) -> dict:
 
 def read_problems(path: str) -> list[Problem]:
     """The problems of a file `rlr fetch` wrote: GSM8K-format lines (question, answer with
-    "#### N") or CHAMP lines (question, solution, answer)."""
+    "#### N") or CHAMP lines (question, solution, answer). A malformed line raises
+    DataFormatError naming the file and line (rlr.data.builders._io.parse_jsonl)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: not found (run `rlr fetch`)")
+
+    def fields(record: dict) -> tuple[str, str, Optional[str], Any]:
+        """(question, solution, answer or None for a GSM8K line, id or None)."""
+        question = get_field(record, "question", str)
+        if "solution" in record:
+            return (question, get_field(record, "solution", str), get_field(record, "answer", str),
+                    record.get("id"))
+        return question, get_field(record, "answer", str), None, record.get("id")
+
     problems = []
-    with open(path) as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RealSetError(f"{where}: not JSON ({e})") from None
-            question = _require(record, "question", str, where)
-            if "solution" in record:
-                problems.append(Problem(question, _require(record, "solution", str, where),
-                                        _require(record, "answer", str, where),
-                                        str(record.get("id", line_number))))
-            else:
-                solution = _require(record, "answer", str, where)
-                problems.append(Problem(question, solution, final_answer(solution, where),
-                                        str(record.get("id", line_number))))
+    for number, (question, solution, answer, id_) in parse_jsonl(pathlib.Path(path), fields):
+        if answer is None:
+            answer = final_answer(solution, f"{path}, line {number}")
+        problems.append(Problem(question, solution, answer, str(number if id_ is None else id_)))
     return problems
 
 
