@@ -17,7 +17,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	@start=$$(date +%s); \
-	$(PY) -m pytest -q tests; status=$$?; \
+	$(PY) -m pytest -q --durations=20 tests; status=$$?; \
 	echo "test suite time: $$(( $$(date +%s) - start )) s"; exit $$status
 
 demo: $(STAMP)
