@@ -29,6 +29,7 @@ def label_group(policy_source: str = "", num_problems: int = 512, num_samples: i
     c.top_k = 0  # keep the k most likely tokens when sampling (0: off)
     c.top_p = 1.0  # nucleus mass when sampling (1.0: off)
     c.batch_size = batch_size  # prompts a sampling call (and a chunk of the resumable output); a multiple of data x fsdp
+    c.corruptions = ()  # synthetic: also label one rlr.data.synthetic.corrupt(reference) a problem per mode
     return c
 
 

@@ -66,6 +66,7 @@ def label_config(policy_source: str):
     config = load_config("experiments/label.py")
     config.label.policy_source = policy_source
     config.label.num_problems, config.label.num_samples, config.label.batch_size = 10, 2, 8
+    config.label.corruptions = ("needless_step", "wrong_result")
     config.data.max_response_len = 16
     return config
 
@@ -104,7 +105,17 @@ def test_label_run_writes_every_response_labelled(label_run):
     workdir, stats = label_run
     records = read_jsonl(f"{workdir}/labelled.jsonl")
     examples = common.task_examples(label_config("").data, "train", limit=10)
+    records, references = records[:20], records[20:]
     assert [r["question"] for r in records] == [e.question for e in examples for _ in range(2)]
+    # then one corrupted reference solution a problem and mode, labelled by the checker
+    assert [r["question"] for r in references] == [e.question for e in examples for _ in range(2)]
+    for r, e in zip(references, [e for e in examples for _ in range(2)]):
+        check = synthetic.check_steps(r["question"], r["response"])
+        assert r["step_labels"] == [int(ok) for ok in check.correct] and r["answer"] == e.answer
+        assert check.num_steps == len(synthetic.solve(e.question).steps) + (1 if all(check.correct) else 0)
+    needless, wrong = references[0::2], references[1::2]
+    assert all(all(r["step_labels"]) and r["correct"] for r in needless)
+    assert all(0 in r["step_labels"] for r in wrong)
     for r, e in zip(records, [e for e in examples for _ in range(2)]):
         assert set(r) == set(label.FIELDS) and r["answer"] == e.answer
         check = synthetic.check_steps(r["question"], r["response"])
@@ -113,7 +124,7 @@ def test_label_run_writes_every_response_labelled(label_run):
         assert r["correct"] == synthetic.final_answer_correct(r["question"], r["response"])
         assert len(r["response"]) <= 16
     assert len({r["response"] for r in records}) > 10  # sampled, not one answer
-    assert stats == label.label_stats(records, 2)
+    assert stats == {**label.label_stats(records, 2), "num_references": 20}
     assert read_jsonl(f"{workdir}/metrics.jsonl")[-1]["num_responses"] == 20
 
 
@@ -140,4 +151,8 @@ def test_label_config_errors(alphabet_policy, tmp_path):
     config = label_config(alphabet_policy)
     config.label.batch_size = 4
     with pytest.raises(ConfigError, match="config.label.batch_size"):
+        label.train(config, str(tmp_path))
+    config = label_config(alphabet_policy)
+    config.label.corruptions = ("needless_step", "typo")
+    with pytest.raises(ConfigError, match="config.label.corruptions"):
         label.train(config, str(tmp_path))

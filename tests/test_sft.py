@@ -1,13 +1,16 @@
 """SFT end to end on CPU (tiny model, synthetic task): the loss falls, a stopped and resumed run
 gives the params of a straight one, and the export loads into a score-head model (a reward
 model or critic initialised from the SFT policy)."""
+import re
+
 import jax
 import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
 
-from rlr.config import load_config
+from rlr.config import ConfigError, load_config
+from rlr.data import synthetic
 from rlr.models import Transformer
 from rlr.train import common, sft
 from rlr.train.metrics import read_jsonl
@@ -87,3 +90,22 @@ def test_export_loads_into_a_score_model(straight):
         np.testing.assert_array_equal(scorer[key], policy[key], err_msg=key)
     assert scorer["score_head/kernel"].shape == (policy["final_norm/scale"].shape[0],)
     assert 0 < np.std(scorer["score_head/kernel"]) < 0.1 and scorer["score_head/bias"] == 0
+
+
+def test_needless_fraction_adds_one_needless_correct_step_to_that_share_of_train_solutions():
+    plain = common.task_examples(common.DataConfig(num_train=400), "train")
+    data = common.DataConfig(num_train=400, needless_fraction=0.25)
+    examples = common.task_examples(data, "train")
+    changed = [(p, e) for p, e in zip(plain, examples) if e.solution != p.solution]
+    assert 0.18 < len(changed) / len(examples) < 0.32  # binomial(400, 0.25): 4.5 sigma
+    for p, e in changed:
+        assert (e.question, e.answer) == (p.question, p.answer)
+        check = synthetic.check_steps(e.question, e.solution)
+        plain_steps = synthetic.check_steps(p.question, p.solution).steps
+        assert check.num_steps == len(plain_steps) + 1 and all(check.correct) and check.answer_correct
+        extra = [s for k, s in enumerate(check.steps) if check.steps[:k] + check.steps[k + 1:] == plain_steps]
+        assert extra and (extra[0] in plain_steps or re.fullmatch(r"(-?\d+)(\*1|\+0|-0)=\1", extra[0]))
+    assert common.task_examples(data, "train", limit=50) == examples[:50]  # prefix-stable
+    assert common.task_examples(data, "eval") == common.task_examples(common.DataConfig(num_train=400), "eval")
+    with pytest.raises(ConfigError, match="needless_fraction"):
+        common.DataConfig(needless_fraction=1.5)

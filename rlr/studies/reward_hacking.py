@@ -8,8 +8,10 @@ add needless correct steps, and do Clip, Delta and Clip-Delta stop it?
 The pipeline is a list of ordinary `rlr` runs, each in its own folder under WORKDIR (the
 command of each is printed, so any stage can be rerun or changed by hand):
 
-    sft      experiments/sft.py          the ~1M-parameter policy on reference solutions
-    label    experiments/label.py        sample solutions, label each step with the checker
+    sft      experiments/sft.py          the ~1M-parameter policy on reference solutions, a share
+                                         NEEDLESS_FRACTION of them with one needless correct step
+    label    experiments/label.py        sample solutions, label each step with the checker; add one
+                                         corrupted reference solution a problem and LABEL_CORRUPTIONS mode
     orm, prm experiments/orm.py, prm.py  reward models on those labels, from the SFT policy
     ppo_*    experiments/ppo.py:VARIANT  success | orm | prm | prm_clip | prm_delta | clip_delta,
                                          same seeds and budget, only config.rewards differs
@@ -29,6 +31,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from rlr.data import synthetic
 from rlr.studies import report
 from rlr.train.checkpoint import should_stop
 
@@ -38,6 +41,11 @@ VARIANTS = ("success", "orm", "prm", "prm_clip", "prm_delta", "clip_delta")
 PRM_VARIANTS = ("prm", "prm_clip", "prm_delta", "clip_delta")  # the variants rewarded by the PRM
 LABELS = {"success": "success only", "orm": "+ ORM", "prm": "+ PRM (sum)", "prm_clip": "+ PRM-Clip",
           "prm_delta": "+ PRM-Delta", "clip_delta": "+ PRM-Clip-Delta"}
+# The setting in which a PRM can be hacked (see README, Results): the SFT data give the policy the
+# habit of an occasional needless step, and the PRM's data hold written solutions with needless
+# steps labelled correct next to the policy's samples, so the PRM pays for each correct step.
+NEEDLESS_FRACTION = 0.15  # config.data.needless_fraction of every stage (SFT reference solutions)
+LABEL_CORRUPTIONS = synthetic.CORRUPTION_MODES  # config.label.corruptions: the PRM / ORM data mix
 DONE = "DONE"  # written in a stage's folder when its run has finished
 EVAL_KEYS = ("eval/accuracy", "eval/num_steps", "eval/repetition_rate", "eval/response_length")
 
@@ -57,8 +65,8 @@ class Budget:
     eval_problems: int
 
 
-FULL = Budget(sft_steps=800, label_problems=256, label_samples=4, rm_steps=300,
-              ppo_iterations=40, prompts_per_iteration=16, num_samples=4, eval_every=10,
+FULL = Budget(sft_steps=640, label_problems=256, label_samples=4, rm_steps=150,
+              ppo_iterations=10, prompts_per_iteration=32, num_samples=4, eval_every=2,
               eval_problems=64)
 QUICK = Budget(sft_steps=60, label_problems=64, label_samples=2, rm_steps=20,
                ppo_iterations=4, prompts_per_iteration=8, num_samples=4, eval_every=2,
@@ -89,7 +97,7 @@ def stages(workdir: str, budget: Budget, seed: int = 0, model: str = "synthetic-
     def exp(name: str) -> str:
         return os.path.join(EXPERIMENTS, name)
 
-    common = (("seed", seed), ("model.name", model))
+    common = (("seed", seed), ("model.name", model), ("data.needless_fraction", NEEDLESS_FRACTION))
     evaluation = (("eval.every_steps", budget.eval_every), ("eval.num_problems", budget.eval_problems))
     out = [
         Stage("sft", exp("sft.py"), common + (
@@ -97,7 +105,7 @@ def stages(workdir: str, budget: Budget, seed: int = 0, model: str = "synthetic-
             ("eval.num_problems", budget.eval_problems))),
         Stage("label", exp("label.py"), common + (
             ("label.policy_source", run_dir("sft")), ("label.num_problems", budget.label_problems),
-            ("label.num_samples", budget.label_samples))),
+            ("label.num_samples", budget.label_samples), ("label.corruptions", LABEL_CORRUPTIONS))),
     ]
     for kind in ("orm", "prm"):
         out.append(Stage(kind, exp(f"{kind}.py"), common + (

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import re
 import signal
 import threading
@@ -63,6 +64,7 @@ class DataConfig:
     operand_range: tuple = (1, 9)  # synthetic: (min, max) literal values
     ops: tuple = ("+", "-", "*")  # synthetic: operators used
     value_range: tuple = (-99, 999)  # synthetic: every intermediate value lies in this range
+    needless_fraction: float = 0.0  # synthetic: share of train solutions with one needless correct step
     data_dir: str = ""  # real tasks: where load_split prepares its array_record files
     manual_dir: str = ""  # real tasks: the upstream files ("" = data_dir/downloads/manual)
     train_split: str = "train"  # real tasks: load_split split of the training data
@@ -79,6 +81,9 @@ class DataConfig:
         if "{question}" not in self.prompt_template:
             raise ConfigError(f"config.data.prompt_template={self.prompt_template!r}: expected a "
                               f"'{{question}}' field")
+        if not 0.0 <= self.needless_fraction <= 1.0:
+            raise ConfigError(f"config.data.needless_fraction={self.needless_fraction}: expected a "
+                              f"share in [0, 1]")
         for name in ("prompt_bucket", "response_bucket", "max_response_len", "num_train", "num_eval"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config.data.{name}={getattr(self, name)}: expected >= 1")
@@ -120,6 +125,19 @@ def synthetic_problems(data: Any, split: str) -> list[synthetic.Problem]:
                              {p.question for p in train})
 
 
+def with_needless_steps(problems: Sequence[synthetic.Problem], fraction: float,
+                        seed: int) -> list[str]:
+    """The reference solutions of synthetic problems, where a random `fraction` of them carry one
+    needless correct step (synthetic.corrupt mode "needless_step": a repeat of an earlier step or
+    a no-op such as 7*1=7). SFT on these gives a policy that sometimes writes a needless step, as
+    the SFT policies of Gao et al. (2024) do: the behaviour a PRM-sum reward can amplify. The
+    draws come from one random.Random(seed) stream in order, so the first m solutions do not
+    depend on len(problems)."""
+    rng = random.Random(seed)
+    return [synthetic.corrupt(p, "needless_step", rng)[0] if rng.random() < fraction else p.solution
+            for p in problems]
+
+
 class TaskExample(NamedTuple):
     """One problem of a task: the question, a reference solution (the SFT target) and its final
     answer (what a response's answer is checked against)."""
@@ -156,7 +174,9 @@ def task_examples(data: Any, split: str, limit: Optional[int] = None) -> list[Ta
         raise ConfigError(f"config.data.task={d.task!r}: expected one of {TASKS}")
     if d.task == "synthetic":
         problems = synthetic_problems(d, split)[:limit]
-        return [TaskExample(p.question, p.solution, str(p.answer)) for p in problems]
+        fraction = d.needless_fraction if split == "train" else 0.0
+        return [TaskExample(p.question, solution, str(p.answer))
+                for p, solution in zip(problems, with_needless_steps(problems, fraction, d.seed))]
     from rlr.data.datasets import load_split
 
     name = d.train_split if split == "train" else d.eval_split

@@ -18,16 +18,23 @@ WORKDIR/labelled.jsonl:
   (rlr.train.common.answer_correct); step_labels = [], num_steps = the response's lines
   (rlr.rewards.segment.split_steps).
 
+Synthetic task, config.label.corruptions (modes of rlr.data.synthetic.corrupt): for each problem
+also one flawed copy of its reference solution a mode, labelled the same way (a PRM800K-like mix of
+policy samples and written solutions). "needless_step" adds a repeated or no-op step that the
+checker labels correct: the data that makes a PRM pay for correct but needless steps, the
+precondition of the reward hacking of Gao et al. (2024).
+
 Responses are written a batch of problems at a time to labelled.jsonl.partial, so a stopped run
-continues where it stopped (and a finished one is not sampled again); the file is renamed to
-labelled.jsonl when every problem is done.
-Returns (and writes to metrics.jsonl) the label statistics.
+continues where it stopped (and a finished one is not sampled again); the corrupted references
+are added and the file renamed to labelled.jsonl when every problem is done.
+Returns (and writes to metrics.jsonl) the label statistics of the policy's samples.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import random
 from typing import Any, Sequence
 
 import jax
@@ -80,14 +87,31 @@ def label_stats(records: Sequence[dict], num_samples: int) -> dict:
             "num_responses": len(records), "num_problems": len(records) // num_samples}
 
 
+def corrupted_references(data: Any, examples: Sequence[common.TaskExample], modes: Sequence[str],
+                         seed: int) -> list[dict]:
+    """Labelled records (label_response) of one synthetic.corrupt copy of each example's reference
+    solution a mode, from one random.Random(seed) stream; a mode that cannot corrupt a problem
+    (a one-step question has no step to skip) is left out for it."""
+    rng, records = random.Random(seed), []
+    for example in examples:
+        problem = synthetic.solve(example.question)
+        for mode in modes:
+            try:
+                text, _ = synthetic.corrupt(problem, mode, rng)
+            except ValueError:
+                continue
+            records.append(label_response(data, example, text))
+    return records
+
+
 def completed_problems(path: str, questions: Sequence[str], num_samples: int) -> int:
     """How many of `questions` a partial labelled file holds, in order, with all num_samples
     records each; the file is cut back to those (a stopped run's last, incomplete problem and
-    cut line go). 0, and the file removed, when it holds other problems (or another number of
+    cut line, a finished run's corrupted references go). 0, and the file removed, when it holds other problems (or another number of
     samples a problem)."""
     if not os.path.exists(path):
         return 0
-    records = read_jsonl(path)  # a cut last line is skipped
+    records = read_jsonl(path)[:len(questions) * num_samples]  # a cut last line is skipped
     done = len(records) // num_samples
     records = records[:done * num_samples]
     expected = [q for q in questions[:done] for _ in range(num_samples)]
@@ -109,6 +133,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for key in ("num_problems", "num_samples"):
         if c[key] < 1:
             raise ConfigError(f"config.label.{key}={c[key]}: expected >= 1")
+    modes = tuple(c.get("corruptions", ()))
+    if modes and (data.task != "synthetic" or not set(modes) <= set(synthetic.CORRUPTION_MODES)):
+        raise ConfigError(f"config.label.corruptions={modes}: expected modes of the synthetic task, "
+                          f"a subset of {synthetic.CORRUPTION_MODES} (config.data.task={data.task!r})")
     check_batch_size(c.batch_size, s.mesh, "label.batch_size")
     model = Transformer(s.model_config)
     init_rng, sample_rng = jax.random.split(s.rng)
@@ -143,8 +171,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         log.info("labelled %d / %d problems", min(start + c.batch_size, len(examples)), len(examples))
     stats = {}
     if write:
+        samples = read_jsonl(partial_path)
+        references = corrupted_references(data, examples, modes, config.seed)
+        with open(partial_path, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in references)
         os.replace(partial_path, final_path)
-        stats = label_stats(read_jsonl(final_path), c.num_samples)
+        stats = {**label_stats(samples, c.num_samples), "num_references": len(references)}
         writer = MetricsWriter(workdir)
         try:
             writer.write(0, stats)
