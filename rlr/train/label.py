@@ -107,8 +107,8 @@ def corrupted_references(data: Any, examples: Sequence[common.TaskExample], mode
 def completed_problems(path: str, questions: Sequence[str], num_samples: int) -> int:
     """How many of `questions` a partial labelled file holds, in order, with all num_samples
     records each; the file is cut back to those (a stopped run's last, incomplete problem and
-    cut line, a finished run's corrupted references go). 0, and the file removed, when it holds other problems (or another number of
-    samples a problem)."""
+    cut line, a finished run's corrupted references go). 0, and the file removed, when it holds
+    other problems (or another number of samples a problem)."""
     if not os.path.exists(path):
         return 0
     records = read_jsonl(path)[:len(questions) * num_samples]  # a cut last line is skipped
