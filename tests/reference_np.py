@@ -102,7 +102,7 @@ def value_loss_np(values, old_values, returns, mask, clip_eps=None, aggregation=
             r_list.append(r)
     v_arr, r_arr = np.array(v_list), np.array(r_list)
     var_r = float(np.var(r_arr)) if len(r_arr) else 0.0
-    ev = 1.0 - float(np.var(r_arr - v_arr)) / var_r if var_r > 0 else 0.0
+    ev = 1.0 - float(np.var(r_arr - v_arr)) / var_r if var_r > 1e-8 else 0.0
     return aggregate_np(per_token, mask, aggregation), {"explained_variance": ev}
 
 

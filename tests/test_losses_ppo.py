@@ -247,6 +247,8 @@ def test_explained_variance_perfect_constant_and_flat_targets():
     assert float(ppo.explained_variance(returns, returns, mask)) == pytest.approx(1.0)
     assert float(ppo.explained_variance(np.full_like(returns, 7.0), returns, mask)) == pytest.approx(0.0, abs=1e-6)
     assert float(ppo.explained_variance(returns, np.ones_like(returns), mask)) == 0.0
+    rounding = np.ones_like(returns) + np.array([[0.0, 1e-7, -1e-7, 0.0]], np.float32)  # var ~7e-15
+    assert float(ppo.explained_variance(returns, rounding, mask)) == 0.0
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -178,16 +178,20 @@ def policy_loss(
     return loss, metrics
 
 
-def explained_variance(predictions: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
-    """1 - Var[targets - predictions] / Var[targets] over valid tokens (0 when Var[targets] = 0).
+def explained_variance(predictions: jax.Array, targets: jax.Array, mask: jax.Array,
+                       flat: float = 1e-8) -> jax.Array:
+    """1 - Var[targets - predictions] / Var[targets] over valid tokens; 0 when Var[targets] <= flat.
 
-    1 is a perfect critic, 0 one no better than a constant, negative one worse.
+    1 is a perfect critic, 0 one no better than a constant, negative one worse. Targets flatter
+    than `flat` (a batch whose rewards are all 0, where Var[targets] is float rounding) give 0,
+    not a ratio of rounding errors (-1e14).
     """
     y = _f32(targets)
     residual = y - _f32(predictions)
     var_y = masked_mean((y - masked_mean(y, mask)) ** 2, mask)
     var_res = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
-    return jnp.where(var_y > 0, 1.0 - var_res / jnp.where(var_y > 0, var_y, 1.0), 0.0)
+    spread = var_y > flat
+    return jnp.where(spread, 1.0 - var_res / jnp.where(spread, var_y, 1.0), 0.0)
 
 
 def value_loss(
