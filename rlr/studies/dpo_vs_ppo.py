@@ -105,7 +105,7 @@ class Budget:
 FULL = Budget(model="synthetic-1m", task=TASK, sft_steps=300, sft_learning_rate=3e-3,
               label_problems=1024, label_samples=4, rm_steps=150, rm_batch_size=32, dpo_steps=60,
               dpo_eval_pairs=32, idpo_rounds=2, idpo_prompts=256, ppo_prompts=16,
-              ppo_iterations=20, num_samples=4, seeds=2, eval_every=4, eval_problems=128,
+              ppo_iterations=20, num_samples=4, seeds=3, eval_every=4, eval_problems=128,
               coverage_prompts=128)
 QUICK = Budget(model="tiny", task=QUICK_TASK, sft_steps=80, sft_learning_rate=1e-2,
                label_problems=32, label_samples=4, rm_steps=4, rm_batch_size=8, dpo_steps=4,
