@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-8)
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 
-.PHONY: test demo demo-quick install clean
+.PHONY: test test-slow demo demo-quick install clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ test: $(STAMP)
 	@start=$$(date +%s); \
 	$(PY) -m pytest -q --durations=20 tests; status=$$?; \
 	echo "test suite time: $$(( $$(date +%s) - start )) s"; exit $$status
+
+# The marked-slow checks (`rlr fetch` first for the SmolLM2 parity), with XLA:CPU's exact
+# float32 dot (see tests/test_gguf.py EXACT_DOT_FLAG).
+test-slow: $(STAMP)
+	XLA_FLAGS="$(XLA_FLAGS) --xla_cpu_experimental_ynn_fusion_type=" $(PY) -m pytest -q -s -m slow tests
 
 demo: $(STAMP)
 	$(PY) -m rlr.demo --workdir runs/demo

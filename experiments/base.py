@@ -20,10 +20,22 @@ from typing import Optional
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from rlr.config import make_model_config, to_config_dict
+from rlr.config import ConfigError, make_model_config, to_config_dict
 from rlr.train.optim import OptimConfig
 
 model_config = make_model_config  # config.model -> rlr.models.ModelConfig (errors name the key)
+
+
+def select_variant(experiment: str, variant: Optional[str], variants: tuple, default: str) -> str:
+    """The variant an experiment file builds: `variant`, or `default` when none is given.
+
+    `experiment` is the file as a user names it on the command line ("experiments/ppo.py");
+    an unknown variant is a ConfigError naming it and the variants there are.
+    """
+    variant = variant or default
+    if variant not in variants:
+        raise ConfigError(f"{experiment}:{variant}: unknown variant, expected one of {variants}")
+    return variant
 
 
 def model(name: str = "tiny", hf_checkpoint: Optional[str] = None, param_dtype: str = "float32",

@@ -17,7 +17,6 @@ import ml_collections
 
 from experiments import base
 from experiments.sft import MATH_INSTRUCTION, QWEN_CHECKPOINT, eval_group
-from rlr.config import ConfigError
 from rlr.train.common import data_group
 from rlr.train.dpo import dpo_group
 
@@ -38,9 +37,7 @@ def math_data(task: str) -> ml_collections.ConfigDict:
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    variant = variant or "synthetic"
-    if variant not in VARIANTS:
-        raise ConfigError(f"experiments/dpo.py:{variant}: unknown variant, expected one of {VARIANTS}")
+    variant = base.select_variant("experiments/dpo.py", variant, VARIANTS, default="synthetic")
     config = base.common(trainer="dpo")
     num_steps = ml_collections.FieldReference(300)
     config.optim.total_steps = num_steps

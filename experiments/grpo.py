@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import ppo
-from rlr.config import ConfigError
+from experiments import base, ppo
 
 ADVANTAGES = ("grpo", "rloo")
 VARIANTS = ADVANTAGES + tuple(f"{t}_{a}" for t in ppo.REAL_TASKS for a in ADVANTAGES)
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    variant = variant or "grpo"
-    if variant not in VARIANTS:
-        raise ConfigError(f"experiments/grpo.py:{variant}: unknown variant, expected one of {VARIANTS}")
+    variant = base.select_variant("experiments/grpo.py", variant, VARIANTS, default="grpo")
     task, _, advantage = variant.rpartition("_")
     config = ppo.get_config(f"{task}_success" if task else "success")
     config.ppo.advantage = advantage

@@ -17,7 +17,6 @@ import ml_collections
 
 from experiments import base, dpo
 from experiments.sft import QWEN_CHECKPOINT, eval_group
-from rlr.config import ConfigError
 from rlr.train.common import data_group
 from rlr.train.dpo import dpo_group
 
@@ -25,10 +24,7 @@ VARIANTS = ("synthetic", "gsm8k", "math")
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    variant = variant or "synthetic"
-    if variant not in VARIANTS:
-        raise ConfigError(f"experiments/iterative_dpo.py:{variant}: unknown variant, expected one of "
-                          f"{VARIANTS}")
+    variant = base.select_variant("experiments/iterative_dpo.py", variant, VARIANTS, default="synthetic")
     config = base.common(trainer="dpo")
     num_steps = ml_collections.FieldReference(400)
     config.optim.total_steps = num_steps

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ml_collections
 
 from experiments import base, sft
-from rlr.config import ConfigError
 
 VARIANTS = sft.VARIANTS
 
@@ -34,9 +33,7 @@ def label_group(policy_source: str = "", num_problems: int = 512, num_samples: i
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    variant = variant or "synthetic"
-    if variant not in VARIANTS:
-        raise ConfigError(f"experiments/label.py:{variant}: unknown variant, expected one of {VARIANTS}")
+    variant = base.select_variant("experiments/label.py", variant, VARIANTS, default="synthetic")
     policy = sft.get_config(variant)
     config = base.common(trainer="label")
     config.model, config.mesh, config.data = policy.model, policy.mesh, policy.data

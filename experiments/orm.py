@@ -16,7 +16,6 @@ from __future__ import annotations
 import ml_collections
 
 from experiments import base, sft
-from rlr.config import ConfigError
 from rlr.train.common import data_group
 
 VARIANTS = ("synthetic", "math", "gsm8k", "hh_rlhf")
@@ -69,9 +68,7 @@ def rm_config(kind: str, variant: str, num_steps: int) -> ml_collections.ConfigD
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    variant = variant or "synthetic"
-    if variant not in VARIANTS:
-        raise ConfigError(f"experiments/orm.py:{variant}: unknown variant, expected one of {VARIANTS}")
+    variant = base.select_variant("experiments/orm.py", variant, VARIANTS, default="synthetic")
     if variant == "synthetic":
         config = rm_config("orm", variant, num_steps=300)
         config.rm.init_source = "runs/sft"

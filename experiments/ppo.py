@@ -25,7 +25,6 @@ from __future__ import annotations
 import ml_collections
 
 from experiments import base, sft
-from rlr.config import ConfigError
 from rlr.train.common import data_group
 from rlr.train.ppo import ppo_group, rewards_group, sampling_group
 
@@ -126,9 +125,7 @@ def _hh_rlhf(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    variant = variant or "success"
-    if variant not in VARIANTS:
-        raise ConfigError(f"experiments/ppo.py:{variant}: unknown variant, expected one of {VARIANTS}")
+    variant = base.select_variant("experiments/ppo.py", variant, VARIANTS, default="success")
     config = base.common(trainer="ppo")
     config.logging = base.logging(every_steps=1, num_samples=4)
     config.checkpoint = base.checkpoint(every_steps=20)

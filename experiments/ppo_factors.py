@@ -82,10 +82,7 @@ def _synthetic() -> ml_collections.ConfigDict:
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    variant = variant or "ema_ref"
-    if variant not in VARIANTS:
-        raise ConfigError(f"experiments/ppo_factors.py:{variant}: unknown variant, expected one of "
-                          f"{VARIANTS}")
+    variant = base.select_variant("experiments/ppo_factors.py", variant, VARIANTS, default="ema_ref")
     if variant.startswith("hh_rlhf_"):
         return with_factors(ppo.get_config("hh_rlhf"), variant[len("hh_rlhf_"):])
     return with_factors(_synthetic(), variant)

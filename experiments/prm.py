@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments import base
 from experiments.orm import rm_config
-from rlr.config import ConfigError
 
 VARIANTS = ("synthetic", "math_shepherd", "prm800k")
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    variant = variant or "synthetic"
-    if variant not in VARIANTS:
-        raise ConfigError(f"experiments/prm.py:{variant}: unknown variant, expected one of {VARIANTS}")
+    variant = base.select_variant("experiments/prm.py", variant, VARIANTS, default="synthetic")
     if variant == "synthetic":
         config = rm_config("prm", variant, num_steps=300)
         config.rm.init_source = "runs/sft"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ml_collections
 
 from experiments import base
-from rlr.config import ConfigError
 from rlr.train.common import data_group
 
 VARIANTS = ("synthetic", "gsm8k", "math")
@@ -43,9 +42,7 @@ def eval_group(every_steps: int = 200, num_problems: int = 64, batch_size: int =
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    variant = variant or "synthetic"
-    if variant not in VARIANTS:
-        raise ConfigError(f"experiments/sft.py:{variant}: unknown variant, expected one of {VARIANTS}")
+    variant = base.select_variant("experiments/sft.py", variant, VARIANTS, default="synthetic")
     config = base.common(trainer="sft")
     num_steps = ml_collections.FieldReference(1500)
     config.optim.total_steps = num_steps

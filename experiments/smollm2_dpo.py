@@ -18,17 +18,13 @@ import ml_collections
 
 from experiments import base, sft
 from experiments.smollm2_ppo import gsm_data, smollm2_model
-from rlr.config import ConfigError
 from rlr.train.dpo import dpo_group
 
 VARIANTS = ("cpu", "full")
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    variant = variant or "cpu"
-    if variant not in VARIANTS:
-        raise ConfigError(f"experiments/smollm2_dpo.py:{variant}: unknown variant, expected one of "
-                          f"{VARIANTS}")
+    variant = base.select_variant("experiments/smollm2_dpo.py", variant, VARIANTS, default="cpu")
     full = variant == "full"
     config = base.common(trainer="dpo")
     config.model = smollm2_model(full)

@@ -20,17 +20,13 @@ import ml_collections
 from experiments import base, sft
 from experiments.orm import rm_group
 from experiments.smollm2_ppo import gsm_data, model_dir, smollm2_model
-from rlr.config import ConfigError
 from rlr.fetch import DEFAULT_CACHE
 
 VARIANTS = ("cpu", "full")
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    variant = variant or "cpu"
-    if variant not in VARIANTS:
-        raise ConfigError(f"experiments/smollm2_prm.py:{variant}: unknown variant, expected one of "
-                          f"{VARIANTS}")
+    variant = base.select_variant("experiments/smollm2_prm.py", variant, VARIANTS, default="cpu")
     full = variant == "full"
     config = base.common(trainer="rm")
     config.model = smollm2_model(full)

@@ -395,6 +395,11 @@ def test_errors_name_the_file_and_key(tmp_path, change, message):
 SMOLLM2 = os.path.join(os.environ.get("RLR_CACHE", os.path.join(".cache", "rlr")),
                        "smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf")
 REAL_TOL = 2.5e-4  # max |logit difference| of float32 forwards of the 30-layer model
+# XLA:CPU's default float32 dot (YNNPACK fusions, jax 0.10) is ~4x less exact than torch's; this
+# flag turns them off, and then rlr's float32 logits are within 1e-4 of the float64 forward
+# (`make test-slow` sets it).
+EXACT_DOT_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
+FLOAT64_TOL = 1e-4 if EXACT_DOT_FLAG in os.environ.get("XLA_FLAGS", "") else REAL_TOL
 
 
 def first_mismatch(a, b) -> int:
@@ -408,10 +413,15 @@ def test_smollm2_parity_on_gsm8k_prompts():
     loaded by transformers' own GGUF reader, on 5 GSM8K prompts: prompt ids equal to transformers'
     GGUF tokenizer; logits vs torch float32 and float64 (the truth); 32 greedy tokens token for
     token against torch float64 greedy decoding. Through 30 layers a float32 forward is exact to
-    ~2e-4 on logits of size ~40 (torch's own float32 forward is 9e-5 from float64, rlr's up to
-    1.8e-4: REAL_TOL, 6e-6 relative), so a greedy step whose top-2 float64 logits are closer
-    than 2 * REAL_TOL is a tie either side may take: the comparison stops there (the test fails
-    on any other difference) and reports it."""
+    ~2e-4 on logits of size ~40 (REAL_TOL, 6e-6 relative): torch's own float32 forward is 9e-5
+    from float64 and rlr's up to 1.8e-4, so two float32 forwards differ by up to ~1.4e-4, the sum
+    of two independent roundings. Most of rlr's larger share is XLA:CPU's default float32 dot
+    (YNNPACK in jax 0.10), ~4x less exact than torch's: with EXACT_DOT_FLAG rlr's logits are
+    8.5e-5 from float64, closer than torch's float32 (9.3e-5), and the test holds them to 1e-4
+    of it (FLOAT64_TOL; torch's float64 model still takes RMSNorm and RoPE's cos / sin in
+    float32, 2.2e-5 from rlr's all-float64 forward on the first prompt). A greedy step whose top-2 float64 logits are closer than
+    2 * REAL_TOL is a tie either side may take: the comparison stops there (the test fails on
+    any other difference) and reports it."""
     from transformers.integrations.gguf.gguf_tokenizer_mapping import (convert_gguf_tokenizer,
                                                                       get_gguf_tokenizer)
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
@@ -434,7 +444,7 @@ def test_smollm2_parity_on_gsm8k_prompts():
     problems = real_sets.gsm8k_originals(os.path.dirname(os.path.dirname(SMOLLM2)))[:5]
     new = 32
     sampler = Sampler(Transformer(config), SamplingConfig(temperature=0.0, max_new_tokens=new))
-    worst32, worst64, report = 0.0, 0.0, []
+    worst32, worst64, torch_own, report = 0.0, 0.0, 0.0, []
     for problem in problems:
         text = tok.apply_chat_template([{"role": "user", "content": problem.question}])
         ids = tok.encode(text)
@@ -448,6 +458,7 @@ def test_smollm2_parity_on_gsm8k_prompts():
         ours = rlr_logits(config, params, x)
         worst32 = max(worst32, float(np.abs(ours - ref32).max()))
         worst64 = max(worst64, float(np.abs(ours - ref64).max()))
+        torch_own = max(torch_own, float(np.abs(ref32 - ref64).max()))
         rollout = sampler(params, x, np.ones_like(x, bool), jax.random.key(0))
         greedy = np.asarray(rollout.response_tokens)[0].tolist()
         k = first_mismatch(greedy, greedy64)
@@ -458,5 +469,6 @@ def test_smollm2_parity_on_gsm8k_prompts():
             assert top2[1] - top2[0] < 2 * REAL_TOL, (problem.id, k, top2)
         report.append(k)
     print(f"SmolLM2 max |logit diff| on 5 GSM8K prompts: vs torch float32 {worst32:.2e}, vs torch "
-          f"float64 {worst64:.2e}; greedy tokens equal to float64 greedy: {report} of {new}")
-    assert worst64 <= REAL_TOL and worst32 <= REAL_TOL
+          f"float64 {worst64:.2e} (torch float32 vs float64: {torch_own:.2e}); greedy tokens "
+          f"equal to float64 greedy: {report} of {new}")
+    assert worst64 <= FLOAT64_TOL and worst32 <= REAL_TOL

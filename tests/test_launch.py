@@ -1,5 +1,6 @@
 """Tests of the command line and config helpers: experiment files, typed overrides and their
 errors, the written config, trainer dispatch and subcommands, config.model -> ModelConfig."""
+import importlib
 import json
 import os
 
@@ -160,3 +161,24 @@ def test_optim_group_round_trips_to_the_dataclass():
     group.unknown = 1
     with pytest.raises(ConfigError, match="config.optim.unknown: unknown key; OptimConfig has"):
         to_dataclass(OptimConfig, group, "optim")
+
+
+EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "experiments")
+EXPERIMENT_FILES = sorted(f for f in os.listdir(EXPERIMENTS_DIR)
+                          if f.endswith(".py") and f not in ("__init__.py", "base.py"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENT_FILES)
+def test_every_experiment_variant_builds_and_an_unknown_one_is_named(name):
+    """Each experiment file builds each of its VARIANTS (a config naming a trainer rlr has) and
+    rejects an unknown variant with an error naming the file, the variant and the choices."""
+    path = os.path.join("experiments", name)
+    module = importlib.import_module(f"experiments.{name[:-3]}")
+    for variant in module.VARIANTS:
+        config = module.get_config(variant)
+        assert config.trainer in launch.available_trainers(), (name, variant, config.trainer)
+    with pytest.raises(ConfigError) as error:
+        module.get_config("no_such_variant")
+    assert f"{path}:no_such_variant: unknown variant" in str(error.value)
+    assert repr(module.VARIANTS[0]) in str(error.value)

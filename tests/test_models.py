@@ -178,6 +178,26 @@ def test_bf16_compute_is_close_to_f32(params):
     np.testing.assert_allclose(logp16, logp32, rtol=0.05, atol=0.1)
 
 
+
+def test_float64_compute_keeps_float64_in_rope_and_rmsnorm():
+    """RoPE and RMSNorm compute in float32 *or wider*: a float64 model (a parity reference) must
+    not round its activations to float32 there. x = 1 + 1e-10 survives float64 and not float32."""
+    from rlr.models.decoder import RMSNorm, apply_rope, rope_inverse_frequencies
+
+    with jax.enable_x64(True):
+        x = 1.0 + 1e-10 * np.arange(1, 2 * 3 * 16 + 1, dtype=np.float64).reshape(1, 2, 3, 16)
+        at_zero = apply_rope(jnp.asarray(x), jnp.zeros((1, 2), jnp.int32),
+                             rope_inverse_frequencies(16, 1e4))  # angle 0: the identity
+        assert at_zero.dtype == jnp.float64
+        np.testing.assert_array_equal(np.asarray(at_zero), x)
+        config = CONFIG.replace(dtype=jnp.float64, param_dtype=jnp.float64, rms_norm_eps=1e-6)
+        norm = RMSNorm(config)
+        rows = jnp.asarray(x.reshape(6, 16))
+        got = norm.apply(norm.init(jax.random.key(0), rows), rows)
+        want = x.reshape(6, 16) / np.sqrt((x.reshape(6, 16) ** 2).mean(-1, keepdims=True) + 1e-6)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-14, atol=0)
+
 PUBLISHED_SIZES = {  # total parameters from the model cards (embeddings included)
     "qwen2.5-0.5b": 0.494e9, "qwen2.5-1.5b": 1.54e9, "qwen2.5-math-1.5b": 1.54e9,
     "qwen2.5-7b": 7.61e9, "llama-3.2-1b": 1.24e9, "smollm2-135m": 0.135e9,

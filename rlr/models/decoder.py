@@ -46,6 +46,11 @@ def _constrain(x, names):
     return nn.with_logical_constraint(x, names)
 
 
+def _at_least_float32(dtype):
+    """float32 for bfloat16 / float16 / float32 compute, float64 for float64 (parity checks)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def rope_inverse_frequencies(head_dim: int, theta: float,
                              scaling: Optional[RopeScaling] = None) -> jax.Array:
     """inv_freq_i = theta^(-2i/Dh), i < Dh/2 (Su et al. 2021), with Llama 3 scaling if given.
@@ -73,16 +78,20 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
 
     out = x * cos(a) + rotate_half(x) * sin(a), with a = concat(f, f), rotate_half(x) =
     concat(-x2, x1) for the two halves x1, x2 of the head dimension (as Hugging Face Llama).
+    Angles, cos and sin in float32 (as Hugging Face); the rotation in float32 or wider.
     """
     angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, Dh/2]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, Dh]
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    wide = x.astype(_at_least_float32(x.dtype))
+    x1, x2 = jnp.split(wide, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
-    return (x.astype(jnp.float32) * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+    cos, sin = jnp.cos(angles).astype(wide.dtype), jnp.sin(angles).astype(wide.dtype)
+    return (wide * cos + rotated * sin).astype(x.dtype)
 
 
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * scale, computed in float32 (Zhang & Sennrich 2019)."""
+    """y = x / sqrt(mean(x^2) + eps) * scale, computed in float32 or wider (Zhang & Sennrich
+    2019)."""
 
     config: ModelConfig
 
@@ -90,9 +99,9 @@ class RMSNorm(nn.Module):
     def __call__(self, x):
         scale = self.param("scale", _partitioned(nn.initializers.ones, ("embed",)),
                            (x.shape[-1],), self.config.param_dtype)
-        x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True)
-                                     + self.config.rms_norm_eps)
+        wide = x.astype(_at_least_float32(x.dtype))
+        normed = wide * jax.lax.rsqrt(jnp.mean(wide * wide, axis=-1, keepdims=True)
+                                      + self.config.rms_norm_eps)
         return (normed.astype(self.config.dtype) * scale.astype(self.config.dtype))
 
 

@@ -42,11 +42,9 @@ plots:
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
-import logging
 import math
 import os
 import sys
@@ -55,7 +53,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from rlr.studies import report
+from rlr.studies import cli, report
 from rlr.studies.reward_hacking import DONE, EXPERIMENTS, Stage, run_stage
 
 FACTORS = ("baseline", "adv_norm", "large_batch", "ema_ref")  # experiments/ppo_factors.py variants
@@ -526,17 +524,10 @@ def run(workdir: str, budget: Budget, seed: int = 0) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line (see the module docstring); returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m rlr.studies.dpo_vs_ppo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/dpo_vs_ppo", help="the runs and results folder")
-    parser.add_argument("--quick", action="store_true", help="a tiny budget (a test's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every run (PPO: seed + i)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = cli.parse(cli.parser("python -m rlr.studies.dpo_vs_ppo", __doc__,
+                                workdir="runs/dpo_vs_ppo"), argv)
     run(args.workdir, QUICK if args.quick else FULL, args.seed)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
