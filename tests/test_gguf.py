@@ -419,9 +419,9 @@ def test_smollm2_parity_on_gsm8k_prompts():
     (YNNPACK in jax 0.10), ~4x less exact than torch's: with EXACT_DOT_FLAG rlr's logits are
     8.5e-5 from float64, closer than torch's float32 (9.3e-5), and the test holds them to 1e-4
     of it (FLOAT64_TOL; torch's float64 model still takes RMSNorm and RoPE's cos / sin in
-    float32, 2.2e-5 from rlr's all-float64 forward on the first prompt). A greedy step whose top-2 float64 logits are closer than
-    2 * REAL_TOL is a tie either side may take: the comparison stops there (the test fails on
-    any other difference) and reports it."""
+    float32, 2.2e-5 from rlr's all-float64 forward on the first prompt). A greedy step whose
+    top-2 float64 logits are closer than 2 * REAL_TOL is a tie either side may take: the
+    comparison stops there (the test fails on any other difference) and reports it."""
     from transformers.integrations.gguf.gguf_tokenizer_mapping import (convert_gguf_tokenizer,
                                                                       get_gguf_tokenizer)
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
