@@ -175,9 +175,10 @@ def test_every_experiment_variant_builds_and_an_unknown_one_is_named(name):
     rejects an unknown variant with an error naming the file, the variant and the choices."""
     path = os.path.join("experiments", name)
     module = importlib.import_module(f"experiments.{name[:-3]}")
+    trainers = launch.available_trainers()
     for variant in module.VARIANTS:
         config = module.get_config(variant)
-        assert config.trainer in launch.available_trainers(), (name, variant, config.trainer)
+        assert config.trainer in trainers, (name, variant, config.trainer)
     with pytest.raises(ConfigError) as error:
         module.get_config("no_such_variant")
     assert f"{path}:no_such_variant: unknown variant" in str(error.value)

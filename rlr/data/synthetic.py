@@ -24,7 +24,7 @@ import dataclasses
 import random
 import re
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 OPS: dict[str, Callable[[int, int], int]] = {
     "+": lambda a, b: a + b,
@@ -480,3 +480,16 @@ def corrupt(problem: Problem, mode: str, rng: random.Random) -> tuple[str, int |
         if check.first_wrong == first_wrong:
             return text, first_wrong
     raise ValueError(f"corrupt: no {mode} corruption of {problem.question!r} is flagged where expected")
+
+
+def with_needless_steps(problems: Sequence[Problem], fraction: float,
+                        seed: int) -> list[str]:
+    """The reference solutions of synthetic problems, where a random `fraction` of them carry one
+    needless correct step (corrupt mode "needless_step": a repeat of an earlier step or
+    a no-op such as 7*1=7). SFT on these gives a policy that sometimes writes a needless step, as
+    the SFT policies of Gao et al. (2024) do: the behaviour a PRM-sum reward can amplify. The
+    draws come from one random.Random(seed) stream in order, so the first m solutions do not
+    depend on len(problems)."""
+    rng = random.Random(seed)
+    return [corrupt(p, "needless_step", rng)[0] if rng.random() < fraction else p.solution
+            for p in problems]

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import re
 import signal
 import threading
@@ -125,19 +124,6 @@ def synthetic_problems(data: Any, split: str) -> list[synthetic.Problem]:
                              {p.question for p in train})
 
 
-def with_needless_steps(problems: Sequence[synthetic.Problem], fraction: float,
-                        seed: int) -> list[str]:
-    """The reference solutions of synthetic problems, where a random `fraction` of them carry one
-    needless correct step (synthetic.corrupt mode "needless_step": a repeat of an earlier step or
-    a no-op such as 7*1=7). SFT on these gives a policy that sometimes writes a needless step, as
-    the SFT policies of Gao et al. (2024) do: the behaviour a PRM-sum reward can amplify. The
-    draws come from one random.Random(seed) stream in order, so the first m solutions do not
-    depend on len(problems)."""
-    rng = random.Random(seed)
-    return [synthetic.corrupt(p, "needless_step", rng)[0] if rng.random() < fraction else p.solution
-            for p in problems]
-
-
 class TaskExample(NamedTuple):
     """One problem of a task: the question, a reference solution (the SFT target) and its final
     answer (what a response's answer is checked against)."""
@@ -176,7 +162,7 @@ def task_examples(data: Any, split: str, limit: Optional[int] = None) -> list[Ta
         problems = synthetic_problems(d, split)[:limit]
         fraction = d.needless_fraction if split == "train" else 0.0
         return [TaskExample(p.question, solution, str(p.answer))
-                for p, solution in zip(problems, with_needless_steps(problems, fraction, d.seed))]
+                for p, solution in zip(problems, synthetic.with_needless_steps(problems, fraction, d.seed))]
     from rlr.data.datasets import load_split
 
     name = d.train_split if split == "train" else d.eval_split
