@@ -33,10 +33,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     full = variant == "full"
     config = base.common(trainer="dpo")
     config.model = smollm2_model(full)
-    num_steps = ml_collections.FieldReference(500 if full else 16)
+    num_steps = ml_collections.FieldReference(500 if full else 12)
     config.optim.total_steps = num_steps
     config.optim.schedule = "linear"
-    config.optim.learning_rate = 5e-7 if full else 2e-6
+    config.optim.learning_rate = 5e-7 if full else 5e-6
     config.optim.warmup_steps = 20 if full else 2
     config.checkpoint = base.checkpoint(every_steps=100)
     if full:
@@ -47,10 +47,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
                                batch_size=32, beta=0.1, eval_pairs=128, refresh_reference=True)
         config.eval = sft.eval_group(every_steps=100, num_problems=50, batch_size=50)
     else:
-        config.data = gsm_data(max_response_len=160)
+        # 224 tokens: a reference solution is <= 212 tokens for 99% of the training problems.
+        config.data = gsm_data(max_response_len=224)
         config.dpo = dpo_group(pairs="sampled", iterations=1, prompts_per_iteration=48,
-                               num_samples=4, temperature=1.0, sample_batch_size=24,
-                               batch_size=4, beta=0.1, eval_pairs=4, logprob_chunk=32)
+                               num_samples=4, temperature=1.0, sample_batch_size=16,
+                               batch_size=4, beta=0.1, eval_pairs=16, logprob_chunk=32,
+                               reference_chosen=True)
         config.eval = sft.eval_group(every_steps=0, num_problems=50, batch_size=25)
     config.dpo.num_steps = num_steps
     return config

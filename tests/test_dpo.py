@@ -117,6 +117,15 @@ def test_best_worst_pairs_hand_example():
     assert pairs[1].rejected == "t0" and pairs[1].chosen in ("t1", "t2")  # a tie broken at random
 
 
+def test_best_worst_pairs_reference_where_no_response_is_correct():
+    responses = [["r0", "r1"], ["s0", "s1"], ["t0", "t1"]]
+    scores = [[0.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
+    pairs = dpo.best_worst_pairs(["p", "q", "r"], responses, scores, seed=0, references=["P", "Q", "R"])
+    assert pairs[0] == dpo.Pair("p", "r1", "r0")  # a correct sample: the usual pair
+    assert pairs[1].prompt == "q" and pairs[1].chosen == "Q" and pairs[1].rejected in ("s0", "s1")
+    assert len(pairs) == 2  # "r": all correct, no pair
+
+
 def test_encode_pairs_shapes_and_prompt_cut():
     pairs = [dpo.Pair("1+2\n", "1+2=3\nanswer: 3", "answer: 4"), dpo.Pair("12*3+4\n", "x", "yz")]
     data = common.DataConfig(prompt_bucket=4, response_bucket=8)
@@ -143,6 +152,8 @@ def test_config_errors_name_the_key():
         dpo.DPOConfig(label_smoothing=0.1)
     with pytest.raises(ConfigError, match=r"config.dpo.refresh_reference=True"):
         dpo.DPOConfig(refresh_reference=True)
+    with pytest.raises(ConfigError, match=r"config.dpo.reference_chosen=True.*answer checker"):
+        dpo.DPOConfig(pairs="sampled", rm_source="runs/orm", reference_chosen=True)
     with pytest.raises(ConfigError, match=r"config.dpo.bogus: unknown key"):
         dpo.as_dpo_config({"bogus": 1})
 
@@ -255,3 +266,27 @@ def test_iterative_ipo_runs_two_rounds_ranked_by_a_reward_model(tmp_path, policy
         assert line["loss"] == pytest.approx((1 / (2 * config.dpo.beta)) ** 2, rel=1e-4)
     assert lines[1]["rewards/margin"] != pytest.approx(0.0, abs=1e-5)
     assert np.isfinite(final["loss"]) and final["pairs"] == 16
+
+
+def test_sampled_rounds_pair_the_reference_when_no_sample_is_correct(tmp_path, policy_dir):
+    """The random policy never solves a problem: without reference_chosen no pair is made, with it
+    every prompt pairs its reference solution (the checker accepts it) over a sample."""
+    config = _config(iterative_experiment, policy_dir, num_steps=2, iterations=1,
+                     prompts_per_iteration=8, num_samples=2, sample_batch_size=8, eval_pairs=8,
+                     batch_size=8, reference_chosen=True)
+    config.eval.num_problems = 0
+    config.data.max_response_len = 16
+    workdir = str(tmp_path / "run")
+    final = dpo.train(config, workdir)
+    pairs = dpo.read_pairs(dpo.round_file(workdir, 0))
+    solutions = {common.prompt_text(TOKENIZER, e.question, config.data.prompt_template): e
+                 for e in common.task_examples(config.data, "train")}
+    assert len(pairs) == 8
+    for pair in pairs:
+        example = solutions[pair.prompt]
+        assert pair.chosen == example.solution and common.answer_correct(config.data, example, pair.chosen)
+        assert not common.answer_correct(config.data, example, pair.rejected)
+    lines = [line for line in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in line]
+    assert [(line["round/pairs"], line["round/reference_pairs"]) for line in lines] == [(8.0, 8.0)] * 2
+    assert np.isfinite(final["loss"]) and final["pairs"] == 8
+

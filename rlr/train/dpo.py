@@ -22,8 +22,11 @@ Where pairs come from (config.dpo.pairs):
   reward model of config.dpo.rm_source), pairs each prompt's best response with its worst
   (none when all score alike), writes them to WORKDIR/pairs/round_<r>.jsonl and runs
   num_steps / iterations updates on them; config.dpo.refresh_reference makes the policy at the
-  start of each round the reference. Held out: pairs sampled the same way from the initial
-  policy on the held-out problems.
+  start of each round the reference. config.dpo.reference_chosen: a problem none of whose
+  samples the checker accepts pairs its reference solution (chosen) with a sample instead
+  (the pairs of SPIN, Chen et al. 2024, "Self-Play Fine-Tuning Converts Weak Language Models
+  to Strong Language Models"), so a policy that rarely solves a problem still gets pairs.
+  Held out: pairs sampled the same way from the initial policy on the held-out problems.
 
 The reference model is the initial policy (config.dpo.policy_source); its log-probs are computed
 once per batch without gradient inside the jitted step (rlr/train/dpo_step.py). Metrics every
@@ -103,6 +106,7 @@ class DPOConfig:
     sample_batch_size: int = 32  # sampled: prompts a sampling / scoring call; a multiple of data x fsdp
     rm_source: str = ""  # sampled: an ORM run dir that ranks the samples; "" = the answer checker
     refresh_reference: bool = False  # sampled: the policy at the start of each round becomes the reference
+    reference_chosen: bool = False  # sampled, checker-ranked: no correct sample -> reference solution over a sample
 
     def __post_init__(self):
         object.__setattr__(self, "corruptions", tuple(self.corruptions))
@@ -122,6 +126,9 @@ class DPOConfig:
              "'' unless config.dpo.pairs='sampled' (it ranks sampled responses)"),
             (not self.refresh_reference or self.pairs == "sampled", "refresh_reference",
              "False unless config.dpo.pairs='sampled' (the reference is refreshed each round)"),
+            (not self.reference_chosen or (self.pairs == "sampled" and not self.rm_source),
+             "reference_chosen", "False unless config.dpo.pairs='sampled' with the answer checker "
+             "(rm_source='': 'no correct sample' needs its 1 / 0 verdicts)"),
             (self.label_smoothing == 0 or self.loss in ("cdpo", "robust"), "label_smoothing",
              "0 unless config.dpo.loss is cdpo or robust"),
         ]
@@ -278,14 +285,20 @@ def dataset_pairs(name: str, split: str, data: Any, manual_dir: str, builder_con
 
 
 def best_worst_pairs(prompts: Sequence[str], responses: Sequence[Sequence[str]],
-                     scores: Sequence[Sequence[float]], seed: Any) -> list[Pair]:
+                     scores: Sequence[Sequence[float]], seed: Any,
+                     references: Optional[Sequence[str]] = None) -> list[Pair]:
     """One pair a prompt: a highest-scored response over a lowest-scored one (ties broken at
     random by numpy's default_rng(seed)); no pair when all its responses score alike (the
-    rejection-sampling pairs of iterative DPO, Xiong et al. 2024)."""
+    rejection-sampling pairs of iterative DPO, Xiong et al. 2024). With `references` (a correct
+    solution a prompt, responses scored 1 correct / 0 not): a prompt whose responses all score
+    <= 0 pairs its reference over a random response (SPIN's pairs, Chen et al. 2024)."""
     rng = np.random.default_rng(seed)
     pairs = []
-    for prompt, texts, row in zip(prompts, responses, scores):
+    for i, (prompt, texts, row) in enumerate(zip(prompts, responses, scores)):
         row = np.asarray(row, np.float64)
+        if references is not None and row.max() <= 0:
+            pairs.append(Pair(prompt, references[i], texts[rng.integers(len(texts))]))
+            continue
         if row.max() <= row.min():
             continue
         best = rng.choice(np.flatnonzero(row == row.max()))
@@ -429,19 +442,23 @@ def rm_scores(s: common.Setup, rm_model: Transformer, rm_params: Any, data: Any,
 
 def sample_pairs(sampler: Sampler, params: Any, tokenizer: Tokenizer, data: Any,
                  examples: Sequence[common.TaskExample], score_fn: ScoreFn, rng: jax.Array,
-                 batch_size: int, seed: Any) -> tuple[list[Pair], dict[str, float]]:
+                 batch_size: int, seed: Any, reference_chosen: bool = False
+                 ) -> tuple[list[Pair], dict[str, float]]:
     """Sample sampler.config.num_samples responses to each example's prompt with `params`, score
     them with score_fn and pair the best with the worst (best_worst_pairs; ties broken by
-    numpy's default_rng(seed)). Returns (pairs,
-    stats: round/score (mean score of the samples), round/pairs, round/prompts)."""
+    numpy's default_rng(seed)); reference_chosen: the example's reference solution is the chosen
+    one where no sample is correct. Returns (pairs, stats: round/score (mean score of the
+    samples), round/pairs, round/reference_pairs (those with the reference chosen), round/prompts)."""
     d = common.as_data_config(data)
     prompts = [common.prompt_text(tokenizer, e.question, d.prompt_template) for e in examples]
     responses = common.generate_texts(sampler, params, tokenizer, prompts, rng, batch_size, d.prompt_bucket)
     scores = score_fn(examples, prompts, responses)
-    pairs = best_worst_pairs(prompts, responses, scores, seed)
+    references = [e.solution for e in examples] if reference_chosen else None
+    pairs = best_worst_pairs(prompts, responses, scores, seed, references)
     mean = float(np.mean([v for row in scores for v in row])) if scores else 0.0
+    num_reference = sum(reference_chosen and max(row, default=0.0) <= 0 for row in scores)
     return pairs, {"round/score": mean, "round/pairs": float(len(pairs)),
-                   "round/prompts": float(len(prompts))}
+                   "round/reference_pairs": float(num_reference), "round/prompts": float(len(prompts))}
 
 
 def round_examples(examples: Sequence[common.TaskExample], round_index: int, count: int,
@@ -597,7 +614,8 @@ def _sampled_rounds(config: ml_collections.ConfigDict, c: DPOConfig, s: common.S
                     sample_rng: jax.Array, rm_rng: jax.Array) -> _Sampling:
     """The sampler and scorer of iterative DPO (the answer checker, or the ORM of
     config.dpo.rm_source), and the held-out pairs: sampled once from the initial policy on the
-    held-out problems (deterministic, so a resumed run gets the same ones)."""
+    held-out problems, sample_batch_size problems at a time until there are eval_pairs
+    (deterministic, so a resumed run gets the same ones)."""
     all_prompts = [common.prompt_text(s.tokenizer, e.question, data.prompt_template)
                    for e in list(train_examples) + list(eval_examples)]
     # One shape for every round: the longest prompt (cut pairs are padded back to it).
@@ -617,17 +635,21 @@ def _sampled_rounds(config: ml_collections.ConfigDict, c: DPOConfig, s: common.S
         examples = round_examples(train_examples, r, c.prompts_per_iteration, config.seed)
         pairs, stats = sample_pairs(sampler, policy_params, s.tokenizer, data, examples, score_fn,
                                     jax.random.fold_in(sample_rng, r + 1), c.sample_batch_size,
-                                    (config.seed, r + 1))
+                                    (config.seed, r + 1), c.reference_chosen)
         if not pairs:
             log.warning("round %d: no pair among %d prompts (every response scored alike); its "
                         "updates are skipped", r, len(examples))
         return pairs, stats
 
-    held_out: list[Pair] = []
-    if c.eval_pairs and eval_examples:
-        held_out, _ = sample_pairs(sampler, initial_params, s.tokenizer, data, eval_examples, score_fn,
-                                   jax.random.fold_in(sample_rng, 0), c.sample_batch_size,
-                                   (config.seed, 0))
+    held_out: list[Pair] = []  # sampled a call at a time until there are eval_pairs
+    for start in range(0, len(eval_examples) if c.eval_pairs else 0, c.sample_batch_size):
+        if len(held_out) >= c.eval_pairs:
+            break
+        pairs, _ = sample_pairs(sampler, initial_params, s.tokenizer, data,
+                                eval_examples[start:start + c.sample_batch_size], score_fn,
+                                jax.random.fold_in(jax.random.fold_in(sample_rng, 0), start),
+                                c.sample_batch_size, (config.seed, 0, start), c.reference_chosen)
+        held_out.extend(pairs)
     return _Sampling(make_round, prompt_length, response_length, held_out[:c.eval_pairs])
 
 
