@@ -20,6 +20,10 @@ evaluation of the 50 held-out problems before and after); success_full | clip_de
 GPU / TPU sizes (64 prompts x 4 samples, 500 iterations, 512-token responses, bf16 compute).
 At 160 tokens SmolLM2-135M finishes few answers and solved none of the 96 CPU rollouts, so the
 CPU run checks the mechanics, not learning: a success reward needs longer responses.
+clip_delta (2026-12-03, 2-core CPU, 23.7 min, 8.5 GB peak RAM) solved none either, and its PRM
+reward was 0 on every rollout: Clip-Delta telescopes to alpha * min(r_1 - eta, 0) with r_1 the
+PRM score of the first step, and experiments/smollm2_prm.py's PRM scored every first step above
+eta = 0.5; only the KL term moved the policy (greedy held-out accuracy 1/50 -> 0/50).
 The cache folder is $RLR_CACHE or .cache/rlr (read when the config is built).
 """
 from __future__ import annotations

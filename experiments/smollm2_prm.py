@@ -10,6 +10,12 @@ clip_delta variants of experiments/smollm2_ppo.py.
 10% of the CHAMP problems (with all their solutions) are held out for eval/* (step accuracy).
 CHAMP is competition mathematics, not GSM8K: this PRM scores GSM-style steps out of its domain,
 which is what a small study on real labels can have offline.
+
+Measured (2026-12-03, 2-core CPU): the cpu variant (486 train / 54 held-out solutions; 30 steps
+of 4 solutions, a quarter of an epoch) took 11.8 min wall and 3.8 GB peak RAM. Held out, it
+labels 62.6% of the 422 steps right, below the 64.5% of always answering "correct", and finds the
+first wrong step (or its absence) on 9.3% of the 54 solutions: no step judgement that
+generalises, from 120 competition solutions; the full variant trains 300 steps of 32.
 """
 from __future__ import annotations
 

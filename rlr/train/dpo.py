@@ -541,8 +541,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ConfigError(f"config.dpo.pairs={c.pairs!r}: no training pairs ({len(held_out)} held out "
                           f"by config.dpo.eval_pairs={c.eval_pairs}; a labelled question gives pairs "
                           f"only when it has a correct and an incorrect response)")
-    log.info("DPO on %s pairs: %s train, %d held out", c.pairs,
-             "sampled" if sampled else len(train_pairs), len(held_out))
 
     model = Transformer(s.model_config)
     init_rng, state_rng, sample_rng, eval_rng, rm_rng = jax.random.split(s.rng, 5)
@@ -564,6 +562,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:
         def make_round(r: int, policy_params: Any) -> tuple[list[Pair], dict]:
             return train_pairs, {}
+    log.info("DPO on %s pairs: %s train, %d held out", c.pairs,
+             "sampled" if sampled else len(train_pairs), len(held_out))
 
     def encode(pairs: Sequence[Pair]) -> PairRows:
         return encode_pairs(s.tokenizer, pairs, data, c.max_prompt_len, prompt_length, response_length)
