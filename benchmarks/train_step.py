@@ -34,6 +34,11 @@ the full T x T score matrix). Step FLOPs: sft B T train(lm); dpo B T (train(lm) 
 ppo B T (train(lm) + train(score)). MFU = step FLOPs / (step time x peak), the peak being the
 dense bf16 datasheet rate (H100 SXM: 989 TFLOP/s), or --peak-tflops.
 
+Attention: --attention xla,cudnn measures rlr once with each ModelConfig.attention kernel
+(cudnn: cuDNN flash attention on rows packed to the front, rlr.models.decoder) beside one peer
+row. "|grad|" is the policy gradient norm of rlr's first call, from the same initial params and
+batch whatever the kernel: equal within bfloat16 rounding when a kernel changes no numerics.
+
 Memory: "XLA" = the compiled step's arguments + outputs + temporaries - aliased (XLA's memory
 analysis, per device); "est" = rlr.parallel.memory.estimate_memory of the same step; "peak" =
 the device allocator's peak (GPU only): jax memory_stats' peak_bytes_in_use since the process
@@ -41,6 +46,7 @@ started (setup included), torch max_memory_allocated over the timed runs.
 
     python benchmarks/train_step.py                       # dpo, ppo, sft on Qwen2.5-0.5B and 1.5B (GPU)
     python benchmarks/train_step.py --models qwen2.5-1.5b --steps dpo --remat full --batch 16
+    python benchmarks/train_step.py --models qwen2.5-1.5b --steps dpo --attention xla,cudnn
     python benchmarks/train_step.py --quick               # tiny shapes on a CPU, < 2 min
 
 Each (framework, model, step) runs in a fresh subprocess on a GPU (jax and torch each get the
@@ -135,7 +141,8 @@ def rlr_model_config(name: str, args):
     from rlr.models import get_config
 
     overrides = dict(kv.split("=", 1) for kv in args.model_override)
-    return get_config(name, dtype=getattr(jnp, args.dtype), remat=args.remat, **overrides)
+    return get_config(name, dtype=getattr(jnp, args.dtype), remat=args.remat,
+                      attention=args.attention, **overrides)
 
 
 def rlr_inputs(step: str, config, shape: Shape, minibatches: int, mesh):
@@ -262,15 +269,22 @@ def rlr_measure(name: str, shape: Shape, args) -> dict:
         out = compiled(*call_args)
         for i, value in zip(updated, out):
             call_args[i] = value
-        jax.block_until_ready(out)
+        return jax.block_until_ready(out)
 
-    run()  # warm-up
+    # The warm-up's loss and policy gradient norm are those of the initial params on the batch
+    # (DPO's loss is log 2 there, policy = reference): numbers that a numerics-preserving change
+    # (another attention kernel, remat policy) must leave equal within its tolerance.
+    metrics = run()[-1]
+    prefix = "policy/" if shape.step == "ppo" else ""
+    first_loss, first_grad_norm = (float(metrics[prefix + k]) for k in ("loss", "grad_norm"))
     seconds = median_seconds(run, args.runs) / opt_steps
     stats = jax.devices()[0].memory_stats() or {}
     del call_args, compiled
     return dict(framework="rlr", device=jax.devices()[0].device_kind, model=name,
                 step=shape.step, rows=shape.rows, seq_len=shape.seq_len, remat=config.remat,
-                seconds=seconds, compile_s=compile_s,
+                attention=config.attention, first_loss=first_loss,
+                first_grad_norm=first_grad_norm, seconds=seconds,
+                compile_s=compile_s,
                 xla_bytes=xla_bytes, estimate_bytes=estimate.training,
                 peak_bytes=stats.get("peak_bytes_in_use"))
 
@@ -319,7 +333,8 @@ def rlr_row(name: str, step: str, args) -> dict:
                 raise
             errors.append(f"B={rows}: {str(e).splitlines()[0][:160]}")
             gc.collect()
-    return dict(framework="rlr", model=name, step=step, error="; ".join(errors))
+    return dict(framework="rlr", model=name, step=step, attention=args.attention,
+                error="; ".join(errors))
 
 
 # ----------------------------------------------------------------------------- torch peer
@@ -495,12 +510,15 @@ def parse_args(argv=None):
                    help="what each layer saves for the backward pass (rlr ModelConfig.remat)")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
                    help="rlr compute dtype (params and Adam state stay float32)")
+    p.add_argument("--attention", default="xla",
+                   help="comma-separated rlr attention kernels (ModelConfig.attention: xla, "
+                        "cudnn), one rlr row each beside the same peer row")
     p.add_argument("--chunk-size", type=int, default=256, help="time chunk of the LM-head log-probs")
     p.add_argument("--reference-dtype", default="bfloat16", choices=("bfloat16", "float32"),
                    help="storage dtype of the DPO reference params")
     p.add_argument("--minibatches", type=int, default=4, help="PPO minibatches a jitted update call")
     p.add_argument("--model-override", action="append", default=[], metavar="FIELD=VALUE",
-                   help="a rlr ModelConfig field for rlr (a string value), e.g. a new attention option")
+                   help="a string field of rlr's ModelConfig, for rlr only")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak bf16 TFLOP/s")
     p.add_argument("--skip-peer", action="store_true", help="do not run the torch peer")
     p.add_argument("--peer-grad-ckpt", action="store_true",
@@ -520,6 +538,11 @@ def parse_args(argv=None):
     for step in args.steps.split(","):
         if step not in STEPS:
             p.error(f"--steps: {step!r} is not one of {STEPS}")
+    from rlr.models.config import ATTENTION_KERNELS
+
+    for kernel in args.attention.split(","):
+        if kernel not in ATTENTION_KERNELS:
+            p.error(f"--attention: {kernel!r} is not one of {ATTENTION_KERNELS}")
     if not 0 < args.prompt_len < args.seq_len:
         p.error(f"--prompt-len {args.prompt_len} must be in (0, --seq-len {args.seq_len})")
     return args
@@ -530,7 +553,7 @@ def child_command(args, kind: str, model: str, step: str, rows=None) -> list[str
     cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--models", model,
            "--steps", step, "--seq-len", str(args.seq_len), "--prompt-len", str(args.prompt_len),
            "--batch", str(args.batch), "--runs", str(args.runs), "--remat", args.remat,
-           "--dtype", args.dtype, "--chunk-size", str(args.chunk_size),
+           "--dtype", args.dtype, "--attention", args.attention, "--chunk-size", str(args.chunk_size),
            "--reference-dtype", args.reference_dtype, "--minibatches", str(args.minibatches)]
     if args.peak_tflops:
         cmd += ["--peak-tflops", str(args.peak_tflops)]
@@ -586,35 +609,39 @@ def gib(b) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = (f"{'step':<4} {'model':<13}| {'B':>3} {'ms/step':>8} {'tok/s':>8} {'MFU':>5} "
-              f"{'XLA':>6} {'est':>6} {'peak':>6} {'compile':>7} | {'B':>3} {'ms/step':>8} "
-              f"{'tok/s':>8} {'MFU':>5} {'peak':>6} | {'speedup':>7}")
+    header = (f"{'step':<4} {'model':<13} {'attn':<5}| {'B':>3} {'|grad|':>8} {'ms/step':>8} "
+              f"{'tok/s':>8} {'MFU':>5} {'XLA':>6} {'est':>6} {'peak':>6} {'compile':>7} | {'B':>3} "
+              f"{'ms/step':>8} {'tok/s':>8} {'MFU':>5} {'peak':>6} | {'speedup':>7}")
     devices = sorted({r["device"] for r in rows if "device" in r})
     print(f"\nrlr (left) vs torch + transformers eager (right) on {', '.join(devices)}; "
           "memory in GiB per device")
     print(header)
     print("-" * len(header))
-    by_key = {}
+    groups = {}
     for row in rows:
-        by_key.setdefault((row["step"], row["model"]), {})[row["framework"]] = row
-    for (step, model), pair in by_key.items():
-        r, h = pair.get("rlr", {}), pair.get("torch")
-        line = f"{step:<4} {model:<13}| "
-        if "seconds" in r:
-            line += (f"{r['rows']:>3} {r['seconds'] * 1e3:8.1f} {r['tokens_per_s']:8.0f} "
-                     f"{r['mfu']:5.3f} {gib(r['xla_bytes'])} {gib(r['estimate_bytes'])} "
-                     f"{gib(r['peak_bytes'])} {r['compile_s']:6.0f}s | ")
-        else:
-            line += f"{'rlr failed: ' + r.get('error', '?')[:60]:<57}| "
-        if h and "seconds" in h:
-            line += (f"{h['rows']:>3} {h['seconds'] * 1e3:8.1f} {h['tokens_per_s']:8.0f} "
-                     f"{h['mfu']:5.3f} {gib(h['peak_bytes'])} | ")
+        groups.setdefault((row["step"], row["model"]), []).append(row)
+    for (step, model), group in groups.items():
+        h = next((row for row in group if row["framework"] == "torch"), None)
+        for r in [row for row in group if row["framework"] == "rlr"] or [{}]:
+            line = f"{step:<4} {model:<13} {r.get('attention', '-'):<5}| "
             if "seconds" in r:
-                line += f"{r['tokens_per_s'] / h['tokens_per_s']:6.2f}x"
-        elif h:
-            line += f"torch failed: {h.get('error', '?')[:80]}"
-        print(line)
-    print("speedup = rlr tokens/s / torch tokens/s (each at its own largest B)")
+                line += (f"{r['rows']:>3} {r['first_grad_norm']:8.4g} {r['seconds'] * 1e3:8.1f} "
+                         f"{r['tokens_per_s']:8.0f} "
+                         f"{r['mfu']:5.3f} {gib(r['xla_bytes'])} {gib(r['estimate_bytes'])} "
+                         f"{gib(r['peak_bytes'])} {r['compile_s']:6.0f}s | ")
+            else:
+                line += f"{'rlr failed: ' + r.get('error', '?')[:60]:<66}| "
+            if h and "seconds" in h:
+                line += (f"{h['rows']:>3} {h['seconds'] * 1e3:8.1f} {h['tokens_per_s']:8.0f} "
+                         f"{h['mfu']:5.3f} {gib(h['peak_bytes'])} | ")
+                if "seconds" in r:
+                    line += f"{r['tokens_per_s'] / h['tokens_per_s']:6.2f}x"
+            elif h:
+                line += f"torch failed: {h.get('error', '?')[:80]}"
+            print(line)
+    print("|grad| = the policy gradient norm of rlr's first call (initial params, equal across "
+          "kernels within bf16); speedup = rlr tokens/s / torch tokens/s (each at its own "
+          "largest B)")
 
 
 def child_main(args) -> None:
@@ -632,16 +659,21 @@ def main(argv=None):
         return child_main(args)
     # The driver never touches the GPU itself: each measurement runs in its own process.
     print(f"T={args.seq_len} (prompt {args.prompt_len}), batch {args.batch}, remat {args.remat}, "
-          f"compute {args.dtype}, log-prob chunk {args.chunk_size}, PPO minibatches "
+          f"attention {args.attention}, compute {args.dtype}, log-prob chunk {args.chunk_size}, PPO minibatches "
           f"{args.minibatches}, runs {args.runs}", flush=True)
     rows = []
     for model in args.models.split(","):
         for step in args.steps.split(","):
-            r = measure(args, "rlr", model, step)
-            rows.append(r)
-            print(json.dumps(r), flush=True)
-            if not args.skip_peer:
-                start = r.get("rows") or (int(args.batch) if args.batch != "auto" else 8)
+            rlr_rows = []
+            for kernel in args.attention.split(","):
+                r = measure(argparse.Namespace(**dict(vars(args), attention=kernel)), "rlr",
+                            model, step)
+                rlr_rows.append(r)
+                print(json.dumps(r), flush=True)
+            rows += rlr_rows
+            if not args.skip_peer:  # the peer starts at the largest B an rlr row ran
+                start = max(r.get("rows", 0) for r in rlr_rows) or (
+                    int(args.batch) if args.batch != "auto" else 8)
                 h = measure(args, "torch", model, step, start)
                 rows.append(h)
                 print(json.dumps(h), flush=True)

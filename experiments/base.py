@@ -39,7 +39,8 @@ def select_variant(experiment: str, variant: Optional[str], variants: tuple, def
 
 
 def model(name: str = "tiny", hf_checkpoint: Optional[str] = None, param_dtype: str = "float32",
-          dtype: str = "float32", remat: str = "none") -> ml_collections.ConfigDict:
+          dtype: str = "float32", remat: str = "none",
+          attention: str = "xla") -> ml_collections.ConfigDict:
     """The model group: which decoder, where its weights are, its numerics."""
     c = ml_collections.ConfigDict()
     c.name = name  # a named shape of rlr.models.get_config ("" to take it from hf_checkpoint)
@@ -48,6 +49,7 @@ def model(name: str = "tiny", hf_checkpoint: Optional[str] = None, param_dtype: 
     c.param_dtype = param_dtype  # storage dtype of the parameters: float32 | bfloat16 | float16
     c.dtype = dtype  # compute dtype: float32 | bfloat16 | float16
     c.remat = remat  # what each layer keeps for the backward pass: none | full | dots
+    c.attention = attention  # attention kernel of training forwards: xla | cudnn (GPU, bf16 / f16 dtype)
     return c
 
 

@@ -195,7 +195,8 @@ def make_model_config(model: Mapping[str, Any], where: str = "model"):
 
     name: a rlr.models named shape; hf_checkpoint: a Hugging Face directory whose config.json
     gives the shape (and must agree with `name` where both are set); param_dtype / dtype:
-    names in DTYPES; remat: none | full | dots. Errors name the offending key.
+    names in DTYPES; remat: none | full | dots; attention: xla | cudnn (absent in the configs
+    of runs saved before it existed: xla). Errors name the offending key.
     """
     import jax.numpy as jnp
 
@@ -208,17 +209,18 @@ def make_model_config(model: Mapping[str, Any], where: str = "model"):
             raise ConfigError(f"config.{where}.{key}={model[key]!r}: expected one of {DTYPES}")
         changes[key] = getattr(jnp, model[key])
     changes["remat"] = model["remat"]
+    changes["attention"] = model.get("attention", "xla")
     name, path = model["name"], model["hf_checkpoint"]
     if name and name not in NAMED_CONFIGS:
         raise ConfigError(f"config.{where}.name={name!r}: expected one of {sorted(NAMED_CONFIGS)}")
+    if not path and not name:
+        raise ConfigError(f"config.{where}: set name (a named shape) or hf_checkpoint")
+    try:
+        config = read_hf_config(path, **changes) if path else get_config(name, **changes)
+    except ValueError as e:  # a field ModelConfig refuses (remat, attention with its dtype, ...)
+        raise ConfigError(f"config.{where}: {e}") from None
     if not path:
-        if not name:
-            raise ConfigError(f"config.{where}: set name (a named shape) or hf_checkpoint")
-        try:
-            return get_config(name, **changes)
-        except ValueError as e:
-            raise ConfigError(f"config.{where}: {e}") from None
-    config = read_hf_config(path, **changes)
+        return config
     if name:
         named = get_config(name, **changes)
         shape = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",

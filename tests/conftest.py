@@ -15,3 +15,22 @@ jax.config.update("jax_compilation_cache_dir", os.environ.get(
     "JAX_COMPILATION_CACHE_DIR",
     os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache", "jax")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def cudnn_on_cpu(monkeypatch):
+    """jax.nn.dot_product_attention with XLA's kernel where cuDNN's is asked for (a CPU has none),
+    so a model with ModelConfig.attention == "cudnn" runs everything of its path but the fused
+    kernel. Yields the list of (implementation, is_causal) of every call traced."""
+    calls = []
+    xla_attention = jax.nn.dot_product_attention
+
+    def stand_in(*args, implementation=None, **kwargs):
+        calls.append((implementation, kwargs.get("is_causal", False)))
+        return xla_attention(*args, implementation=None, **kwargs)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", stand_in)
+    yield calls

@@ -151,6 +151,13 @@ def test_model_config_from_config_group(tmp_path):
     (hf_dir / "config.json").write_text(json.dumps(to_hf_config(get_config("tiny"))))
     assert base.model_config(base.model("tiny", hf_checkpoint=str(hf_dir))).hidden_size == 64
     assert base.model_config(base.model("", hf_checkpoint=str(hf_dir))).num_layers == 2
+    flash = base.model("", hf_checkpoint=str(hf_dir), dtype="bfloat16", attention="cudnn")
+    assert base.model_config(flash).attention == "cudnn"
+    with pytest.raises(ConfigError, match="config.model: .*attention='cudnn' needs dtype bfloat16"):
+        base.model_config(base.model("", hf_checkpoint=str(hf_dir), attention="cudnn"))
+    saved_before_attention = base.model("tiny")  # a run's config.json from before the key
+    del saved_before_attention["attention"]
+    assert base.model_config(saved_before_attention).attention == "xla"
     with pytest.raises(ConfigError, match="name='smollm2-135m' has vocab_size=49152 but hf_checkpoint"):
         base.model_config(base.model("smollm2-135m", hf_checkpoint=str(hf_dir)))
 

@@ -131,6 +131,11 @@ def test_saved_bytes_formulas_by_hand():
     assert saved_bytes_per_token(c, s, "dots") == 2 * (2 * 64 + 64 + 2 * 32 + 2 * 128)
     none = 2 * (4 * 64 + 2 * 64 + 2 * 32 + 6 * 128 + 4 * s) + 4 * (2 * 64 + 4 * s + 2 * s + 8 + 1) + 2 * s
     assert saved_bytes_per_token(c, s, "none") == none
+    # cuDNN flash attention: no [T, S] scores, softmax or mask; a float32 log-sum-exp a head.
+    flash = c.replace(attention="cudnn")
+    assert saved_bytes_per_token(flash, s, "none") == (2 * (4 * 64 + 2 * 64 + 2 * 32 + 6 * 128)
+                                                       + 4 * (2 * 64 + 4))
+    assert saved_bytes_per_token(flash, s, "dots") == saved_bytes_per_token(c, s, "dots")
     # tensor=2 halves heads, kv heads and the MLP width; the residual stream D stays whole.
     assert saved_bytes_per_token(c, s, "dots", tensor=2) == 2 * (2 * 64 + 32 + 2 * 16 + 2 * 64)
 

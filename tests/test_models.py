@@ -1,8 +1,10 @@
 """Tests of rlr.models: chunked log-probs (values, gradients, memory), the KV cache, remat,
-bfloat16 compute, and the named configs' shapes and parameter counts."""
+bfloat16 compute, the packed-rows path of cuDNN attention, and the named configs' shapes and
+parameter counts."""
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,8 @@ import pytest
 from hf_fixtures import random_rlr_params
 from rlr.models import (NAMED_CONFIGS, Transformer, get_config, init_cache, lm_head_weight,
                         next_token_logprobs, token_logprobs)
+from rlr.models.decoder import pack_valid_tokens
+from rlr.parallel import DEFAULT_RULES, make_mesh, shard_batch
 
 B, T = 2, 12
 CONFIG = get_config("tiny")
@@ -177,6 +181,93 @@ def test_bf16_compute_is_close_to_f32(params):
     assert err.max() < 0.05 * scale, (err.max(), scale)
     np.testing.assert_allclose(logp16, logp32, rtol=0.05, atol=0.1)
 
+
+def test_attention_config_errors():
+    with pytest.raises(ValueError, match=r"attention='flash': expected one of \('xla', 'cudnn'\)"):
+        CONFIG.replace(attention="flash")
+    with pytest.raises(ValueError, match="attention='cudnn' needs dtype bfloat16 or float16.*float32"):
+        CONFIG.replace(attention="cudnn")
+    assert CONFIG.replace(attention="cudnn", dtype=jnp.bfloat16).attention == "cudnn"
+
+
+def test_pack_valid_tokens_moves_each_rows_valid_tokens_to_its_front():
+    mask = jnp.array([[0, 0, 1, 1, 1],   # left padding (a prompt)
+                      [1, 1, 0, 1, 0],   # a hole and right padding
+                      [1, 1, 1, 1, 1],
+                      [0, 0, 0, 0, 0]], bool)
+    order, lengths = pack_valid_tokens(mask)
+    np.testing.assert_array_equal(order, [[2, 3, 4, 0, 1], [0, 1, 3, 2, 4], [0, 1, 2, 3, 4],
+                                          [0, 1, 2, 3, 4]])
+    np.testing.assert_array_equal(lengths, [3, 3, 5, 0])
+
+
+def test_cudnn_attention_path_equals_the_mask_path_on_valid_positions(params, cudnn_on_cpu):
+    """attention='cudnn' packs each row's valid tokens to its front and calls the fused kernel
+    with is_causal and key/value lengths. With XLA's kernel standing in for cuDNN's (this is a
+    CPU), the hidden states, critic scores and gradients of a masked loss equal the mask path's
+    at every valid position, on a (data 2, fsdp 2, tensor 2) mesh, for left padding, right
+    padding and a hole; the KV-cache path keeps the mask."""
+    calls = cudnn_on_cpu
+    rows, length = 4, 12
+    tokens = jax.random.randint(jax.random.key(5), (rows, length), 0, CONFIG.vocab_size)
+    mask = np.ones((rows, length), bool)
+    mask[1, :3] = False  # a left-padded prompt
+    mask[2, 9:] = False  # right padding
+    mask[3, 4] = mask[3, 10:] = False  # a hole (a masked token mid-row) and right padding
+    positions = jnp.asarray(np.maximum(np.cumsum(mask, axis=1) - 1, 0), jnp.int32)
+    coef = jax.random.normal(jax.random.key(6), (rows, length, CONFIG.hidden_size))
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    batch = shard_batch((tokens, positions, jnp.asarray(mask)), mesh)
+
+    def outputs(attention):
+        config = CONFIG.replace(dtype=jnp.bfloat16, attention=attention)
+        lm, critic = Transformer(config), Transformer(config, head="score")
+        critic_params = {k: v for k, v in params.items() if k != "lm_head"}
+        critic_params["score_head"] = {"kernel": coef[0, 0], "bias": jnp.ones(())}
+
+        def loss(p, tokens, positions, mask):
+            hidden, _ = lm.apply({"params": p}, tokens, positions, mask)
+            logp, _ = token_logprobs(hidden[:, :-1], lm_head_weight(p, config), tokens[:, 1:])
+            valid = mask[:, 1:] & mask[:, :-1]
+            hidden32 = hidden.astype(jnp.float32)
+            value = (jnp.sum(jnp.where(mask[..., None], hidden32 * coef, 0))
+                     + jnp.sum(jnp.where(valid, logp, 0))) / jnp.sum(mask)
+            return value, hidden32
+
+        def run(p, tokens, positions, mask):
+            (value, hidden), grads = jax.value_and_grad(loss, has_aux=True)(
+                p, tokens, positions, mask)
+            scores, _ = critic.apply({"params": critic_params}, tokens, positions, mask)
+            return value, hidden, grads, scores
+
+        with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+            return jax.jit(run)(params, *batch)
+
+    calls.clear()
+    value, hidden, grads, scores = outputs("xla")
+    assert calls and all(c == (None, False) for c in calls)
+    calls.clear()
+    value_c, hidden_c, grads_c, scores_c = outputs("cudnn")
+    assert calls and all(c == ("cudnn", True) for c in calls)
+
+    scale = float(np.abs(np.asarray(hidden)[mask]).max())
+    # Each valid row does the same arithmetic in both paths (masked keys add exact zeros): equal
+    # up to summation order, far below one bfloat16 step (2^-8 relative).
+    assert np.abs(np.asarray(hidden_c)[mask] - np.asarray(hidden)[mask]).max() < 1e-3 * scale
+    assert np.abs(np.asarray(scores_c)[mask] - np.asarray(scores)[mask]).max() < 1e-3 * float(
+        np.abs(np.asarray(scores)[mask]).max())
+    np.testing.assert_allclose(value_c, value, rtol=1e-4)
+    for got, want in zip(jax.tree.leaves(grads_c), jax.tree.leaves(grads)):
+        got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+        assert np.linalg.norm(got - want) < 1e-3 * np.linalg.norm(want)
+
+    # Sampling (a KV cache) uses the mask path whatever the config says.
+    calls.clear()
+    config = CONFIG.replace(dtype=jnp.bfloat16, attention="cudnn")
+    Transformer(config).apply({"params": params}, tokens[:, :4], positions[:, :4],
+                              jnp.asarray(mask), cache=init_cache(config, rows, length),
+                              cache_index=0)
+    assert calls and all(c == (None, False) for c in calls)
 
 
 def test_float64_compute_keeps_float64_in_rope_and_rmsnorm():

@@ -3,8 +3,8 @@
 Each real step (rlr.train.sft_step.train_step, rlr.train.dpo_step.train_step,
 rlr.train.ppo_step.ppo_update) runs on the same random params and batch with and without an
 option: rematerialisation (full: SFT; dots: PPO), the time chunk of the LM-head log-probs (one
-chunk vs chunks that do not divide the length), bfloat16 vs float32 compute (SFT), and a
-bfloat16-stored DPO reference model. (The DPO step reads its log-probs through the same
+chunk vs chunks that do not divide the length), bfloat16 vs float32 compute (SFT), a
+bfloat16-stored DPO reference model, and cuDNN attention's packed rows (DPO). (The DPO step reads its log-probs through the same
 rlr.train.common.response_logprobs as the PPO step, so remat and chunks are checked there.)
 One compile per variant keeps this under a minute of CPU. float32 options must agree to float32 rounding, bfloat16 compute to bfloat16
 tolerance, and the bfloat16 reference under bfloat16 compute exactly (the kernels are cast to
@@ -104,6 +104,30 @@ def test_dpo_bfloat16_reference_params_change_nothing_under_bfloat16_compute(par
     for a, b in zip(full, half):
         np.testing.assert_array_equal(a, b)
     assert float(jnp.abs(full.chosen).min()) > 1.0
+
+
+def test_dpo_step_with_cudnn_attention_path_equals_the_mask_path(params, tokens, cudnn_on_cpu):
+    """attention='cudnn' (its packed rows, XLA's kernel standing in for cuDNN's) on pairs with
+    left-padded prompts and a short response: the same loss and updated params as the mask path,
+    under bfloat16 compute."""
+    batch = pair_batch(tokens)
+    batch = batch._replace(prompt_mask=batch.prompt_mask & (np.arange(P)[None, :] >= [[0], [2]]))
+    reference = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+    results = {}
+    for attention in ("xla", "cudnn"):
+        config = CONFIG.replace(dtype=jnp.bfloat16, attention=attention)
+        step = jax.jit(functools.partial(
+            dpo_step.train_step, model=Transformer(config), optimizer=optax.sgd(1.0),
+            config=dpo_step.PreferenceConfig(logprob_chunk=4)))
+        state = create_train_state(params, optax.sgd(1.0), jax.random.key(0))
+        results[attention] = step(state, reference, batch)
+    assert ("cudnn", True) in cudnn_on_cpu
+    (xla_state, xla_metrics), (cudnn_state, cudnn_metrics) = results["xla"], results["cudnn"]
+    assert float(xla_metrics["grad_norm"]) > 0.1
+    np.testing.assert_allclose(cudnn_metrics["loss"], xla_metrics["loss"], rtol=1e-4)
+    np.testing.assert_allclose(cudnn_metrics["grad_norm"], xla_metrics["grad_norm"], rtol=1e-3)
+    for got, want in zip(jax.tree.leaves(cudnn_state.params), jax.tree.leaves(xla_state.params)):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- PPO

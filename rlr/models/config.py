@@ -11,6 +11,7 @@ from typing import Any, Optional
 import jax.numpy as jnp
 
 REMAT_POLICIES = ("none", "full", "dots")
+ATTENTION_KERNELS = ("xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,10 @@ class ModelConfig:
     param_dtype: Any = jnp.float32
     dtype: Any = jnp.float32
     remat: str = "none"  # none | full | dots: what each layer saves for the backward pass.
+    # xla | cudnn: the attention kernel of cache-free forwards (training, scoring); cudnn is
+    # cuDNN flash attention (GPU, bfloat16 / float16 compute). Sampling with a KV cache and
+    # packed sequences (segment_ids) always use XLA's.
+    attention: str = "xla"
     architecture: str = "qwen2"  # qwen2 | llama: the Hugging Face family (for checkpoint export).
 
     def __post_init__(self):
@@ -57,6 +62,11 @@ class ModelConfig:
             )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}: expected one of {REMAT_POLICIES}")
+        if self.attention not in ATTENTION_KERNELS:
+            raise ValueError(f"attention={self.attention!r}: expected one of {ATTENTION_KERNELS}")
+        if self.attention == "cudnn" and jnp.dtype(self.dtype) not in (jnp.bfloat16, jnp.float16):
+            raise ValueError(f"attention='cudnn' needs dtype bfloat16 or float16 (cuDNN flash "
+                             f"attention), got dtype={jnp.dtype(self.dtype).name}")
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

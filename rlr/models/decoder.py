@@ -137,9 +137,11 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask, layer_cache, cache_index):
-        """x [B,T,D]; positions [B,T]; mask [B,1,T,S] bool; layer_cache None or (k, v, layer) with
-        the full caches k, v [L,B,S,KVH,Dh] and this layer's index."""
+    def __call__(self, x, positions, mask, lengths, layer_cache, cache_index):
+        """x [B,T,D]; positions [B,T]; mask [B,1,T,S] bool, or None with lengths [B] int32 (rows
+        packed by `pack_valid_tokens`: causal over the first lengths[b] slots, T == S);
+        layer_cache None or (k, v, layer) with the full caches k, v [L,B,S,KVH,Dh] and this
+        layer's index."""
         c = self.config
         q = Linear(c, (c.num_heads, c.head_dim), ("embed", "heads", "head_dim"),
                    bias=c.qkv_bias, name="q_proj")(x)
@@ -161,7 +163,13 @@ class Attention(nn.Module):
             v = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False)
             layer_cache = (cache_k, cache_v)
         q = _constrain(q, ("act_batch", "act_length", "act_heads", None))
-        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+        k, v = k.astype(q.dtype), v.astype(q.dtype)
+        if lengths is None:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=lengths,
+                                               key_value_seq_lengths=lengths,
+                                               implementation=c.attention)
         out = Linear(c, (c.hidden_size,), ("heads", "head_dim", "embed"), in_dims=2,
                      name="o_proj")(out)
         return out, layer_cache
@@ -188,11 +196,12 @@ class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, carry, layer, positions, mask, cache_index):
+    def __call__(self, carry, layer, positions, mask, lengths, cache_index):
         x, cache_k, cache_v = carry
         layer_cache = None if cache_k is None else (cache_k, cache_v, layer)
         attn_out, layer_cache = Attention(self.config, name="attn")(
-            RMSNorm(self.config, name="attn_norm")(x), positions, mask, layer_cache, cache_index)
+            RMSNorm(self.config, name="attn_norm")(x), positions, mask, lengths, layer_cache,
+            cache_index)
         x = x + attn_out
         x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x))
         x = _constrain(x, ("act_batch", "act_length", "act_embed"))
@@ -224,6 +233,21 @@ def attention_mask(attention_mask: jax.Array, query_slots: jax.Array,
     return mask[:, None]
 
 
+def pack_valid_tokens(attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """order [B, T] int32 and lengths [B] int32 that move each row's valid tokens to its front.
+
+    order[b] lists row b's valid slots in their order, then its padding slots (a stable sort
+    of ~attention_mask[b]); lengths[b] = sum_t attention_mask[b, t]. In x[b, order[b]] the
+    valid tokens fill slots 0..lengths[b]-1, where causal attention over the first lengths[b]
+    keys sees exactly what `attention_mask` allows a valid query (every valid key at or before
+    it), the one form of padding that fused kernels (cuDNN flash attention's PADDING_CAUSAL)
+    take without a [T, S] mask. x[b, argsort(order[b])] undoes it.
+    """
+    valid = attention_mask.astype(bool)
+    order = jnp.argsort(~valid, axis=1, stable=True).astype(jnp.int32)
+    return order, jnp.sum(valid, axis=1, dtype=jnp.int32)
+
+
 class Transformer(nn.Module):
     """Decoder with an LM head ("lm": returns final hidden states for chunked log-probs) or a
     scalar head ("score": returns a float32 score per token, for critics and reward models).
@@ -232,6 +256,10 @@ class Transformer(nn.Module):
              cache=None, cache_index=None) -> (out, cache)
     out is hidden [B,T,D] (lm) or scores [B,T] (score). Without a cache S = T; with one, S is
     the cache length and the T new tokens are written at slots cache_index..cache_index+T-1.
+    With config.attention == "cudnn", a forward without cache or segment_ids packs each row's
+    valid tokens to its front (`pack_valid_tokens`), attends with cuDNN flash attention
+    (causal, key/value lengths) and unpacks the outputs: valid positions get what the mask
+    path gives them; padding positions, which no loss reads, do not.
     """
 
     config: ModelConfig
@@ -246,26 +274,34 @@ class Transformer(nn.Module):
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
                          embedding_init=_partitioned(nn.initializers.normal(0.02),
                                                      ("vocab", "embed")), name="embed")
+        packed = c.attention != "xla" and cache is None and segment_ids is None
+        if packed:
+            order, lengths = pack_valid_tokens(attention_mask_)
+            tokens, positions = (jnp.take_along_axis(a, order, axis=1) for a in (tokens, positions))
+            mask = None
+        else:
+            start = 0 if cache is None else cache_index
+            query_slots = start + jnp.arange(tokens.shape[1])
+            mask, lengths = attention_mask(attention_mask_, query_slots, segment_ids), None
         x = _constrain(embed(tokens), ("act_batch", "act_length", "act_embed"))
-        start = 0 if cache is None else cache_index
-        query_slots = start + jnp.arange(tokens.shape[1])
-        mask = attention_mask(attention_mask_, query_slots, segment_ids)
 
         block = Block
         if c.remat != "none":
             block = nn.remat(Block, policy=_REMAT_POLICY[c.remat], prevent_cse=False)
         layers = nn.scan(
             block, variable_axes={"params": 0}, split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
         cache_k, cache_v = (None, None) if cache is None else cache
         (x, cache_k, cache_v), _ = layers((x, cache_k, cache_v), jnp.arange(c.num_layers),
-                                          positions, mask, cache_index)
+                                          positions, mask, lengths, cache_index)
+        if packed:
+            x = jnp.take_along_axis(x, jnp.argsort(order, axis=1)[..., None], axis=1)
         hidden = RMSNorm(c, name="final_norm")(x)
         new_cache = None if cache is None else KVCache(cache_k, cache_v)
 
         if self.head == "score":
-            score_config = c.replace(dtype=jnp.float32)
+            score_config = c.replace(dtype=jnp.float32, attention="xla")  # a float32 Linear
             scores = Linear(score_config, (), ("embed",), bias=True, name="score_head")(hidden)
             return scores, new_cache
         if not c.tie_embeddings:

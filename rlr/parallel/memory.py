@@ -18,8 +18,10 @@ split over (data, fsdp) along the batch and over tensor along heads and the MLP 
 The activation formulas count the residuals that `jax.vjp` of rlr.models.Transformer saves
 (read with `jax.ad_checkpoint.saved_residuals`) and a working set fitted to XLA's compiled
 memory analysis of rlr.train.sft_step.train_step (tests/test_memory.py checks the total within
-20%). They describe the XLA attention of rlr.models.decoder, which materialises the [T, S]
-score matrix of every head; a fused (flash) attention would not. References for the counting:
+20%). With config.attention == "xla" they describe XLA's attention, which materialises the
+[T, S] score matrix of every head; with "cudnn" (flash attention) the score terms drop out,
+a formula that only a GPU's compiled analysis can check (benchmarks/train_step.py prints both
+side by side). References for the counting:
 Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models") and
 Rajbhandari et al. 2020 (ZeRO: optimizer states and gradients sharded with the parameters).
 """
@@ -195,6 +197,9 @@ def saved_bytes_per_token(config: ModelConfig, seq_len: int, remat: str, tensor:
             (normed inputs, q/k/v, attention output, the six SwiGLU tensors, the float32 scores
             and their softmax in the compute dtype, the float32 residual stream of the two
             RMSNorms, and the broadcast boolean mask)
+            with config.attention == "cudnn" (flash attention keeps no score matrix, only the
+            float32 log-sum-exp of each query and head, Dao 2023):
+            a (4D + 2Nd + 2Kd + 6F) + 4 (2D + N)
       dots: a (2D + Nd + 2Kd + 2F)   (the outputs of the weight matmuls only:
             jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims)
       full: a D                      (the layer's input; everything else is recomputed)
@@ -208,7 +213,10 @@ def saved_bytes_per_token(config: ModelConfig, seq_len: int, remat: str, tensor:
         return a * w["D"]
     if remat == "dots":
         return a * (2 * w["D"] + w["Nd"] + 2 * w["Kd"] + 2 * w["F"])
-    return (a * (4 * w["D"] + 2 * w["Nd"] + 2 * w["Kd"] + 6 * w["F"] + w["N"] * s)
+    layer = a * (4 * w["D"] + 2 * w["Nd"] + 2 * w["Kd"] + 6 * w["F"])
+    if config.attention == "cudnn":
+        return layer + 4 * (2 * w["D"] + w["N"])
+    return (layer + a * w["N"] * s
             + 4 * (2 * w["D"] + w["N"] * s + w["KVH"] * s + 2 * w["N"] + 1) + w["KVH"] * s)
 
 
@@ -220,6 +228,7 @@ def activation_bytes(config: ModelConfig, mesh: MeshLike, batch: int, seq_len: i
 
         L * n * saved(remat)                residuals the scan over layers keeps
       + n * ((a + 8) * D + S)               final norm, chunked hidden states, causal mask
+                                            (no mask with config.attention == "cudnn")
       + max(W_layer, W_logits)              the larger of the two backward working sets:
           W_layer  = k(remat) * n * saved("none")        one layer's recomputed activations and
                                                          cotangents, k = BACKWARD_WORKING_SET
@@ -236,7 +245,7 @@ def activation_bytes(config: ModelConfig, mesh: MeshLike, batch: int, seq_len: i
     tokens = rows * seq_len
     a = jnp.dtype(c.dtype).itemsize
     saved = c.num_layers * tokens * saved_bytes_per_token(c, seq_len, remat, sizes["tensor"])
-    saved += tokens * ((a + 8) * c.hidden_size + seq_len)
+    saved += tokens * ((a + 8) * c.hidden_size + (0 if c.attention == "cudnn" else seq_len))
     working = (BACKWARD_WORKING_SET[remat] * tokens
                * saved_bytes_per_token(c, seq_len, "none", sizes["tensor"]))
     if head == "lm":

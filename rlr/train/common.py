@@ -358,7 +358,7 @@ def _load_hf(model: Transformer, source: str, mesh, rng: jax.Array) -> Any:
     from rlr.models.hf_io import load_hf_checkpoint
 
     c = model.config
-    overrides = dict(param_dtype=c.param_dtype, dtype=c.dtype, remat=c.remat)
+    overrides = dict(param_dtype=c.param_dtype, dtype=c.dtype, remat=c.remat, attention=c.attention)
     config, params = load_hf_checkpoint(source, mesh, config_overrides=overrides, head=model.head,
                                         rng=rng)
     shape = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
