@@ -1,9 +1,9 @@
 """Generation throughput: rlr's jitted sampler vs Hugging Face `generate`, against the HBM roofline.
 
-For each model shape (random weights, bfloat16 params and compute) and batch size: prompts of
---prompt-len random tokens, --new-tokens sampled tokens a row (temperature 1, top-p 1, no EOS,
-so no row stops early), timed after a warm-up with block_until_ready / cuda.synchronize, median
-of --runs. Hugging Face transformers generates the same shapes from the same config (torch,
+For each model shape (random weights, bfloat16 params and compute, or --dtype) and batch size:
+prompts of --prompt-len random tokens, --new-tokens sampled tokens a row (temperature 1, top-p
+1, no EOS, so no row stops early), timed after a warm-up with block_until_ready /
+cuda.synchronize, median of --runs. Hugging Face transformers generates the same shapes from the same config (torch,
 bfloat16, random init, do_sample, min_new_tokens = max_new_tokens).
 
 Roofline: decoding is bound by reading the weights and the filled part of the KV cache once a
@@ -18,6 +18,7 @@ analysis: params, cache, logits...); HF = torch.cuda.max_memory_allocated over i
     python benchmarks/generate.py                       # 0.5B and 1.5B, batch 64 and 256 (GPU)
     python benchmarks/generate.py --quick               # tiny shapes, runs on a CPU in < 1 min
     python benchmarks/generate.py --models qwen2.5-0.5b --batches 64 --skip-hf
+    python benchmarks/generate.py --batches 256 --decode unstacked,scanned   # token-loop A/B
 """
 from __future__ import annotations
 
@@ -63,6 +64,12 @@ def parse_args(argv=None):
                    help="tiny model, batches 4 and 8, prompt 16, 16 new tokens (CPU smoke run)")
     p.add_argument("--prng", default="threefry2x32", choices=("threefry2x32", "rbg", "unsafe_rbg"),
                    help="PRNG implementation of the sampling key (rbg draws bits faster on GPU)")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                   help="rlr params and compute (HF runs bfloat16 on CUDA, float32 on a CPU)")
+    p.add_argument("--decode", default="unstacked",
+                   help="comma-separated token-loop variants, one rlr row each: unstacked "
+                        "(per-layer weight copy, the default) and / or scanned "
+                        "(SamplingConfig.unstack_layers=False)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
@@ -70,6 +77,10 @@ def parse_args(argv=None):
             setattr(args, key, value)
     args.models = [m for m in args.models.split(",") if m]
     args.batches = [int(b) for b in args.batches.split(",") if b]
+    args.decode = [d for d in args.decode.split(",") if d]
+    for variant in args.decode:
+        if variant not in ("unstacked", "scanned"):
+            p.error(f"--decode: {variant!r} is not one of ('unstacked', 'scanned')")
     return args
 
 
@@ -94,10 +105,10 @@ def roofline_tokens_per_second(config, params, batch: int, prompt_len: int, new_
     return batch * new_tokens * bandwidth / total_bytes
 
 
-def bench_rlr(config, params, mesh, batch: int, args) -> dict:
+def bench_rlr(config, params, mesh, batch: int, decode: str, args) -> dict:
     model = Transformer(config)
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=args.new_tokens,
-                              eos_ids=())
+                              eos_ids=(), unstack_layers=decode == "unstacked")
     sampler = Sampler(model, sampling, mesh)
     rng = np.random.default_rng(batch)
     prompts = rng.integers(0, config.vocab_size, (batch, args.prompt_len)).astype(np.int32)
@@ -184,13 +195,13 @@ def fmt_bytes(b):
 
 def print_table(rows, bandwidth):
     print(f"\nmeasured copy bandwidth: {bandwidth / 1e9:.0f} GB/s on {jax.devices()[0].device_kind}")
-    header = (f"{'model':<16}{'batch':>6}{'rlr tok/s':>12}{'HF tok/s':>11}{'speedup':>9}"
+    header = (f"{'model':<16}{'batch':>6}{'decode':>10}{'rlr tok/s':>12}{'HF tok/s':>11}{'speedup':>9}"
               f"{'roofline':>11}{'% roof':>8}{'rlr peak':>10}{'HF peak':>9}{'compile':>9}")
     print(header)
     print("-" * len(header))
     for r in rows:
         speedup = r["rlr_tok_s"] / r["hf_tok_s"] if r.get("hf_tok_s") else None
-        print(f"{r['model']:<16}{r['batch']:>6}{r['rlr_tok_s']:>12.0f}"
+        print(f"{r['model']:<16}{r['batch']:>6}{r['decode']:>10}{r['rlr_tok_s']:>12.0f}"
               f"{fmt(r.get('hf_tok_s'), '.0f'):>11}{fmt(speedup, '.1f'):>9}"
               f"{r['roofline_tok_s']:>11.0f}{100 * r['rlr_tok_s'] / r['roofline_tok_s']:>7.1f}%"
               f"{fmt_bytes(r['rlr_peak_bytes']):>10}{fmt_bytes(r.get('hf_peak_bytes')):>9}"
@@ -211,23 +222,27 @@ def main(argv=None):
     mesh = make_mesh()
     rows = []
     for name in args.models:
-        config = get_config(name, param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)
+        dtype = getattr(jnp, args.dtype)
+        config = get_config(name, param_dtype=dtype, dtype=dtype)
         params = init_model_params(Transformer(config), jax.random.key(0), mesh)
         for batch in args.batches:
-            row = dict(model=name, batch=batch, hf_note=hf_note)
-            row.update(bench_rlr(config, params, mesh, batch, args))
-            row["roofline_tok_s"] = roofline_tokens_per_second(
-                config, params, batch, args.prompt_len, args.new_tokens, bandwidth)
-            print(f"{name} batch {batch}: rlr {row['rlr_tok_s']:.0f} tok/s "
-                  f"(compile {row['rlr_compile_s']:.1f} s)", flush=True)
-            rows.append(row)
+            for decode in args.decode:
+                row = dict(model=name, batch=batch, decode=decode, hf_note=hf_note)
+                row.update(bench_rlr(config, params, mesh, batch, decode, args))
+                row["roofline_tok_s"] = roofline_tokens_per_second(
+                    config, params, batch, args.prompt_len, args.new_tokens, bandwidth)
+                print(f"{name} batch {batch} ({decode}): rlr {row['rlr_tok_s']:.0f} tok/s "
+                      f"(compile {row['rlr_compile_s']:.1f} s)", flush=True)
+                rows.append(row)
         del params
         if hf is not None:
             model = build_hf_model(hf, config)
-            for row in rows:
-                if row["model"] == name:
-                    row.update(bench_hf(hf, model, config, row["batch"], args))
-                    print(f"{name} batch {row['batch']}: HF {row['hf_tok_s']:.0f} tok/s", flush=True)
+            for batch in args.batches:
+                measured = bench_hf(hf, model, config, batch, args)
+                for row in rows:
+                    if row["model"] == name and row["batch"] == batch:
+                        row.update(measured)
+                print(f"{name} batch {batch}: HF {measured['hf_tok_s']:.0f} tok/s", flush=True)
             del model
             if hf[2] == "cuda":
                 hf[0].cuda.empty_cache()

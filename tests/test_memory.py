@@ -119,7 +119,11 @@ def test_estimate_parts_compose():
     # Sampling: the cache counts there, not in the training peak.
     cached = estimate_memory(CONFIG, **kw, kv_cache=(16, 96))
     assert cached.kv_cache == kv_cache_bytes(CONFIG, 16, 96, (1, 2, 1)) > 0
-    assert cached.sampling == cached.params + cached.optimizer_state + cached.kv_cache
+    assert cached.decode_weights == p_lm and plain.decode_weights == 0  # float32 compute
+    bf16 = estimate_memory(CONFIG.replace(dtype=jnp.bfloat16), **kw, kv_cache=(16, 96))
+    assert bf16.decode_weights == p_lm // 2
+    assert cached.sampling == (cached.params + cached.optimizer_state + cached.kv_cache
+                               + cached.decode_weights)
     assert cached.total == max(cached.training, cached.sampling)
     assert "activations" in cached.summary()
 

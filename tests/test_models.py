@@ -13,7 +13,7 @@ import pytest
 from hf_fixtures import random_rlr_params
 from rlr.models import (NAMED_CONFIGS, Transformer, get_config, init_cache, lm_head_weight,
                         next_token_logprobs, token_logprobs)
-from rlr.models.decoder import pack_valid_tokens
+from rlr.models.decoder import pack_valid_tokens, unstack_layers
 from rlr.parallel import DEFAULT_RULES, make_mesh, shard_batch
 
 B, T = 2, 12
@@ -180,6 +180,30 @@ def test_bf16_compute_is_close_to_f32(params):
     scale = np.abs(np.asarray(out32)).max()
     assert err.max() < 0.05 * scale, (err.max(), scale)
     np.testing.assert_allclose(logp16, logp32, rtol=0.05, atol=0.1)
+
+
+def test_unrolled_model_on_unstacked_params_equals_the_scanned_model(params):
+    """Transformer(scan_layers=False) on unstack_layers(params): the tree the unrolled model
+    itself initialises (layer_0 .. layer_{L-1}, leaves without the layers axis), each layer the
+    slice of the stacked arrays, and the scanned model's hidden states and KV cache."""
+    unrolled = Transformer(CONFIG, scan_layers=False)
+    tokens, positions, mask = model_inputs()
+    unstacked = unstack_layers(params, jnp.float32)
+    own = nn.unbox(jax.eval_shape(lambda: unrolled.init(jax.random.key(0), tokens, positions,
+                                                        mask)))
+    assert (jax.tree.map(lambda x: x.shape, own["params"])
+            == jax.tree.map(lambda x: x.shape, unstacked))
+    np.testing.assert_array_equal(unstacked["layer_1"]["mlp"]["up_proj"]["kernel"],
+                                  params["layers"]["mlp"]["up_proj"]["kernel"][1])
+    assert unstack_layers(params, jnp.bfloat16)["layer_0"]["attn"]["q_proj"]["bias"].dtype == (
+        jnp.bfloat16)
+    cache = init_cache(CONFIG, B, T)
+    want = Transformer(CONFIG).apply({"params": params}, tokens, positions, mask, cache=cache,
+                                     cache_index=0)
+    got = unrolled.apply({"params": unstacked}, tokens, positions, mask, cache=cache,
+                         cache_index=0)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):  # float32 rounding apart
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
 
 
 def test_attention_config_errors():

@@ -212,6 +212,35 @@ def test_mesh_2x2x2_equals_one_device():
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_unstacked_decode_equals_the_scanned_model_and_unrolls_the_layers():
+    """SamplingConfig.unstack_layers (the default) runs the token loop on per-layer weights: the
+    same rollout as the scanned model sliced every token, and no scan over layers left inside
+    the token loop (the scanned variant has one)."""
+    _, model, params = hf_and_rlr()
+    scanned_config = dataclasses.replace(SAMPLED, unstack_layers=False)
+    unstacked, scanned = sampled_rollout(), sampler(scanned_config)(params, *prompts(0),
+                                                                    jax.random.key(0))
+    for a, b in zip(unstacked, scanned):  # the same arithmetic, fused differently: 1e-7 apart
+        if a.dtype == jnp.float32:
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    def scans_in_token_loop(config):
+        from rlr.sampling.generate import generate
+
+        tokens, mask = prompts(0)
+        jaxpr = jax.make_jaxpr(lambda p: generate(model, p, tokens, mask, jax.random.key(0),
+                                                  config))(params)
+        loop = next(e for e in jaxpr.jaxpr.eqns if e.primitive.name == "while")
+        body = loop.params["body_jaxpr"].jaxpr
+        return sum(str(e.primitive) == "scan" for e in body.eqns) + sum(
+            "scan" in str(sub) for e in body.eqns for sub in jax.core.jaxprs_in_params(e.params))
+
+    assert scans_in_token_loop(SAMPLED) == 0
+    assert scans_in_token_loop(scanned_config) > 0
+
+
 # ---------------------------------------------------------------- filters and sampling statistics
 
 STAT_LOGITS = np.log(np.array([0.3, 0.2, 0.15, 0.12, 0.1, 0.07, 0.04, 0.02]))

@@ -2,9 +2,10 @@
 
 One definition serves policy, reference, critic and reward model: they differ by `head` and by
 their parameter trees. Layers are stacked with `nn.scan` (one compiled layer, parameters with a
-leading `layers` axis), every parameter carries logical axis names (rlr/parallel/rules.py maps
-them onto the mesh), and the key/value cache is an explicit input and output, so generation is a
-pure function too.
+leading `layers` axis; a sampler's token loop runs them unrolled on `unstack_layers`' per-layer
+trees), every parameter carries logical axis names (rlr/parallel/rules.py maps them onto the
+mesh), and the key/value cache is an explicit input and output, so generation is a pure
+function too.
 
 Architecture: Touvron et al. 2023 (Llama), Qwen Team 2024 (Qwen2: q/k/v biases); RoPE from
 Su et al. 2021 in the Hugging Face `rotate_half` layout; RMSNorm from Zhang & Sennrich 2019;
@@ -13,7 +14,7 @@ SwiGLU from Shazeer 2020; grouped-query attention from Ainslie et al. 2023.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -254,6 +255,8 @@ class Transformer(nn.Module):
 
     __call__(tokens [B,T] int, positions [B,T] int, attention_mask [B,S] bool, segment_ids=None,
              cache=None, cache_index=None) -> (out, cache)
+    Layers run as one scanned layer (params["layers"], every leaf [L, ...]), or unrolled with
+    scan_layers=False (params layer_0 .. layer_{L-1}; `unstack_layers` converts).
     out is hidden [B,T,D] (lm) or scores [B,T] (score). Without a cache S = T; with one, S is
     the cache length and the T new tokens are written at slots cache_index..cache_index+T-1.
     With config.attention == "cudnn", a forward without cache or segment_ids packs each row's
@@ -264,6 +267,7 @@ class Transformer(nn.Module):
 
     config: ModelConfig
     head: str = "lm"
+    scan_layers: bool = True  # False: layer_0 .. layer_{L-1}, a parameter tree each (decoding)
 
     @nn.compact
     def __call__(self, tokens, positions, attention_mask_, segment_ids=None, cache=None,
@@ -288,13 +292,18 @@ class Transformer(nn.Module):
         block = Block
         if c.remat != "none":
             block = nn.remat(Block, policy=_REMAT_POLICY[c.remat], prevent_cse=False)
-        layers = nn.scan(
-            block, variable_axes={"params": 0}, split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-            length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
-        cache_k, cache_v = (None, None) if cache is None else cache
-        (x, cache_k, cache_v), _ = layers((x, cache_k, cache_v), jnp.arange(c.num_layers),
-                                          positions, mask, lengths, cache_index)
+        carry = (x, None, None) if cache is None else (x, *cache)
+        if self.scan_layers:
+            layers = nn.scan(
+                block, variable_axes={"params": 0}, split_rngs={"params": True},
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
+            carry, _ = layers(carry, jnp.arange(c.num_layers), positions, mask, lengths, cache_index)
+        else:
+            for i in range(c.num_layers):
+                carry, _ = block(c, name=f"layer_{i}")(carry, i, positions, mask, lengths,
+                                                       cache_index)
+        x, cache_k, cache_v = carry
         if packed:
             x = jnp.take_along_axis(x, jnp.argsort(order, axis=1)[..., None], axis=1)
         hidden = RMSNorm(c, name="final_norm")(x)
@@ -308,6 +317,24 @@ class Transformer(nn.Module):
             self.param("lm_head", _partitioned(nn.initializers.normal(0.02), ("embed", "vocab")),
                        (c.hidden_size, c.vocab_size), c.param_dtype)
         return hidden, new_cache
+
+
+def unstack_layers(params: Any, dtype: Any) -> Any:
+    """The parameter tree of Transformer(..., scan_layers=False) in `dtype`, from that of the
+    scanned model: params["layers"] (every leaf [L, ...]) becomes layer_0 .. layer_{L-1}.
+
+    The scanned model slices each layer's weights out of the stacked arrays on every call (a
+    copy: matmul libraries take whole buffers), which a decoder calling the model once a token
+    pays at every token; unstacking once before the token loop pays it once. Casting to the
+    compute dtype changes no number (every layer casts its weights to it before use) and
+    halves what the decode steps of a float32-stored policy read.
+    """
+    cast = lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree)
+    layers = params["layers"]
+    count = jax.tree.leaves(layers)[0].shape[0]
+    unstacked = {f"layer_{i}": cast(jax.tree.map(lambda x, i=i: x[i], layers))
+                 for i in range(count)}
+    return {**{k: cast(v) for k, v in params.items() if k != "layers"}, **unstacked}
 
 
 def lm_head_weight(params, config: ModelConfig) -> jax.Array:

@@ -10,6 +10,7 @@ into the parts that a person can act on:
     gradients         one params-shaped gradient tree (the largest model's)
     activations       what the backward pass keeps (per remat policy) + its working set
     kv_cache          the sampler's key/value cache, when asked
+    decode_weights    the sampler's per-layer copy of the weights (compute dtype), with it
 
 Sharding follows the logical-axis rules (rlr/parallel/rules.py): a parameter dimension named
 `embed` is split over fsdp, `heads` / `mlp` / `vocab` over tensor, and so on; activations are
@@ -263,13 +264,15 @@ def activation_bytes(config: ModelConfig, mesh: MeshLike, batch: int, seq_len: i
 @dataclasses.dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes per device, by part. `training` is the peak of an update step, `sampling` that of
-    generation (params of every model, optimizer state kept alive, the KV cache)."""
+    generation (params of every model, optimizer state kept alive, the KV cache and the
+    sampler's per-layer weight copy)."""
 
     params: int
     optimizer_state: int
     gradients: int
     activations: int
     kv_cache: int
+    decode_weights: int
     batch_inputs: int
 
     @property
@@ -278,7 +281,7 @@ class MemoryEstimate:
 
     @property
     def sampling(self) -> int:
-        return self.params + self.optimizer_state + self.kv_cache
+        return self.params + self.optimizer_state + self.kv_cache + self.decode_weights
 
     @property
     def total(self) -> int:
@@ -307,6 +310,8 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
       activations     = activation_bytes(lm) (>= the score head's, which has no logits)
       batch_inputs    = 4 int32/bool arrays [rows, T] (tokens, positions, masks)
       kv_cache        = kv_cache_bytes(rows, slots) for kv_cache=(rows, slots), else 0
+      decode_weights  = P(lm) stored in the compute dtype, with kv_cache (the sampler's per-layer
+                        weight copy, SamplingConfig.unstack_layers), else 0
 
     P = param_bytes; P_ref = P(lm) with params stored in `reference_dtype` (default the param
     dtype; bfloat16 halves it and, with bfloat16 compute, changes no number). Without `donate`, the step writes new params and optimizer state next to
@@ -331,9 +336,13 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
         params += trained
         opt *= 2
     rows = _split(batch, _axis_shards(BATCH_AXES, sizes))
-    cache = 0 if kv_cache is None else kv_cache_bytes(model_config, *kv_cache, mesh=sizes)
+    cache = decode_weights = 0
+    if kv_cache is not None:
+        cache = kv_cache_bytes(model_config, *kv_cache, mesh=sizes)
+        decode_weights = param_bytes(model_config.replace(param_dtype=model_config.dtype), sizes,
+                                     "lm", rules)
     return MemoryEstimate(
         params=params, optimizer_state=opt, gradients=max(policy, critic),
         activations=activation_bytes(model_config, sizes, batch, seq_len, remat, chunk_size,
                                      rules=rules),
-        kv_cache=cache, batch_inputs=rows * seq_len * (4 + 4 + 1 + 1))
+        kv_cache=cache, decode_weights=decode_weights, batch_inputs=rows * seq_len * (4 + 4 + 1 + 1))

@@ -10,7 +10,8 @@ Per call, for prompts [B, P] (left-padded, mask [B, P]) and n = num_samples:
      times (rows of one prompt are contiguous: [p0 s0..s(n-1), p1 s0, ...]);
   3. sample token 0 from the prefill's last-position logits, then loop: feed the last token at
      slot P + t - 1, take the logits of that one position [B*n, V] and sample token t. The loop
-     ends after max_new tokens or as soon as every row has finished.
+     ends after max_new tokens or as soon as every row has finished. The loop runs the model
+     with its layers unrolled on a per-layer copy of the weights (SamplingConfig.unstack_layers).
 A row finishes after an EOS id or the last token of a stop sequence (both kept, mask True);
 after that it emits pad_id with mask False and log-prob 0, while the other rows go on.
 
@@ -36,6 +37,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rlr.models import KVCache, init_cache, last_token_logits, lm_head_weight
+from rlr.models.decoder import unstack_layers
 from rlr.parallel import BATCH_AXES, DEFAULT_RULES, batch_sharding, shard_batch
 from rlr.sampling import filters, stops
 
@@ -55,6 +57,10 @@ class SamplingConfig:
     written after a row has finished (its mask is False). num_tokens: sample only ids below it
     (the tokenizer's vocabulary, when the model's embedding is padded larger: a padding id
     never decodes); 0 = every id. Log-probs stay those of the full (unmasked) policy.
+    unstack_layers: run the token loop on a per-layer copy of the weights in the compute dtype
+    (rlr.models.decoder.unstack_layers), made once a call: no copy of every layer's weights out
+    of the stacked arrays at every token, for the memory of one more model in the compute
+    dtype. False: the scanned model, sliced every token.
     """
 
     temperature: float = 1.0
@@ -66,6 +72,7 @@ class SamplingConfig:
     stop_sequences: tuple = ()
     pad_id: int = 0
     num_tokens: int = 0
+    unstack_layers: bool = True
 
     def __post_init__(self):
         # Lists become tuples so the config stays hashable.
@@ -201,7 +208,11 @@ def generate(model, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Arra
     prompt_mask = jnp.repeat(prompt_mask, n, axis=0)
     next_position = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)  # [N]: RoPE position of token 0
     attention = jnp.concatenate([prompt_mask, jnp.ones((rows, new), bool)], axis=1)  # [N, P+R]
-    weight = lm_head_weight(params, model.config)
+    decoder, decoder_params = model, params
+    if config.unstack_layers:
+        decoder = model.clone(scan_layers=False)
+        decoder_params = unstack_layers(params, model.config.dtype)
+    weight = lm_head_weight(decoder_params, model.config)
 
     state = _LoopState(
         step=jnp.zeros((), jnp.int32), last=jnp.zeros((rows,), jnp.int32),
@@ -217,8 +228,8 @@ def generate(model, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Arra
     def body(s: _LoopState):
         slot = prompt_len + s.step - 1  # the cache slot of the last emitted token
         positions = (next_position + s.step - 1)[:, None]
-        hidden, cache = model.apply({"params": params}, s.last[:, None], positions, attention,
-                                    cache=s.cache, cache_index=slot)
+        hidden, cache = decoder.apply({"params": decoder_params}, s.last[:, None], positions,
+                                      attention, cache=s.cache, cache_index=slot)
         step_logits = nn.with_logical_constraint(last_token_logits(hidden, weight),
                                                  ("act_batch", "act_vocab"))
         return _emit(s._replace(cache=_constrain_cache(cache, mesh)), step_logits, rng, config)
