@@ -12,8 +12,8 @@ import pytest
 
 from hf_fixtures import random_rlr_params
 from rlr.models import (NAMED_CONFIGS, Transformer, get_config, init_cache, lm_head_weight,
-                        next_token_logprobs, token_logprobs)
-from rlr.models.decoder import pack_valid_tokens, unstack_layers
+                        next_token_logprobs, token_logprobs, unstack_layers)
+from rlr.models.decoder import pack_valid_tokens
 from rlr.parallel import DEFAULT_RULES, make_mesh, shard_batch
 
 B, T = 2, 12

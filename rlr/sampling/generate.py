@@ -36,8 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from rlr.models import KVCache, init_cache, last_token_logits, lm_head_weight
-from rlr.models.decoder import unstack_layers
+from rlr.models import KVCache, init_cache, last_token_logits, lm_head_weight, unstack_layers
 from rlr.parallel import BATCH_AXES, DEFAULT_RULES, batch_sharding, shard_batch
 from rlr.sampling import filters, stops
 
