@@ -130,9 +130,11 @@ def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path):
 
 def test_grpo_run_has_no_critic(sft_dir, tmp_path):
     workdir = str(tmp_path)
-    # 8 minibatches of 4 rows: fewer rows than devices (XLA pads the split) also runs.
+    # 8 minibatches of 4 rows: fewer rows than devices (XLA pads the split) also runs; so does
+    # the scanned token loop (config.sampling.unstack_layers=False; the other runs unstack).
     ppo.train(ppo_config(sft_dir, "grpo.py:grpo", **{"ppo.num_iterations": 2,
-                                                    "ppo.num_minibatches": 8}), workdir)
+                                                    "ppo.num_minibatches": 8,
+                                                    "sampling.unstack_layers": False}), workdir)
     lines = train_lines(workdir)
     assert len(lines) == 2 and all(np.isfinite(line["policy/loss"]) for line in lines)
     assert not any(key.startswith("critic/") for key in lines[0])

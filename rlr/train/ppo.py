@@ -163,6 +163,9 @@ class RolloutSampling:
     top_k: int = 0  # keep the k most likely tokens (0: off)
     top_p: float = 1.0  # nucleus mass (1: off)
     num_samples: int = 4  # responses a prompt (the GRPO / RLOO group)
+    # decode on a per-layer copy of the policy's weights in the compute dtype (faster; one more
+    # model of memory while sampling); False: the scanned model (rlr.sampling.SamplingConfig)
+    unstack_layers: bool = True
 
 
 def ppo_group(**changes) -> ml_collections.ConfigDict:
@@ -501,8 +504,8 @@ def make_step(config: ml_collections.ConfigDict, s: common.Setup, run: Run, froz
     sampling = as_sampling(config.sampling)
     n, rewards = run.num_samples, run.rewards
     sampler = cached_sampler(run.models.policy, common.sampling_config(
-        s.tokenizer, data, sampling.temperature, n, sampling.top_k, sampling.top_p), s.mesh,
-        (prompts.width,))
+        s.tokenizer, data, sampling.temperature, n, sampling.top_k, sampling.top_p,
+        sampling.unstack_layers), s.mesh, (prompts.width,))
     success_fn = ((lambda e, text: common.answer_correct(data, e, text))
                   if data.task in CHECKED_TASKS else None)
     needs_positions = run.models.prm is not None
