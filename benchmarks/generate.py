@@ -3,8 +3,8 @@
 For each model shape (random weights, bfloat16 params and compute, or --dtype) and batch size:
 prompts of --prompt-len random tokens, --new-tokens sampled tokens a row (temperature 1, top-p
 1, no EOS, so no row stops early), timed after a warm-up with block_until_ready /
-cuda.synchronize, median of --runs. Hugging Face transformers generates the same shapes from the same config (torch,
-bfloat16, random init, do_sample, min_new_tokens = max_new_tokens).
+cuda.synchronize, median of --runs. Hugging Face transformers generates the same shapes from the
+same config (torch, bfloat16, random init, do_sample, min_new_tokens = max_new_tokens).
 
 Roofline: decoding is bound by reading the weights and the filled part of the KV cache once a
 step. bytes(step t) = weight bytes + 2 * L * B * (P + t) * KVH * Dh * itemsize, for the
@@ -195,8 +195,9 @@ def fmt_bytes(b):
 
 def print_table(rows, bandwidth):
     print(f"\nmeasured copy bandwidth: {bandwidth / 1e9:.0f} GB/s on {jax.devices()[0].device_kind}")
-    header = (f"{'model':<16}{'batch':>6}{'decode':>10}{'rlr tok/s':>12}{'HF tok/s':>11}{'speedup':>9}"
-              f"{'roofline':>11}{'% roof':>8}{'rlr peak':>10}{'HF peak':>9}{'compile':>9}")
+    header = (f"{'model':<16}{'batch':>6}{'decode':>10}{'rlr tok/s':>12}{'HF tok/s':>11}"
+              f"{'speedup':>9}{'roofline':>11}{'% roof':>8}{'rlr peak':>10}{'HF peak':>9}"
+              f"{'compile':>9}")
     print(header)
     print("-" * len(header))
     for r in rows:

@@ -553,7 +553,8 @@ def child_command(args, kind: str, model: str, step: str, rows=None) -> list[str
     cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--models", model,
            "--steps", step, "--seq-len", str(args.seq_len), "--prompt-len", str(args.prompt_len),
            "--batch", str(args.batch), "--runs", str(args.runs), "--remat", args.remat,
-           "--dtype", args.dtype, "--attention", args.attention, "--chunk-size", str(args.chunk_size),
+           "--dtype", args.dtype, "--attention", args.attention,
+           "--chunk-size", str(args.chunk_size),
            "--reference-dtype", args.reference_dtype, "--minibatches", str(args.minibatches)]
     if args.peak_tflops:
         cmd += ["--peak-tflops", str(args.peak_tflops)]
@@ -610,8 +611,8 @@ def gib(b) -> str:
 
 def print_table(rows: list[dict]) -> None:
     header = (f"{'step':<4} {'model':<13} {'attn':<5}| {'B':>3} {'|grad|':>8} {'ms/step':>8} "
-              f"{'tok/s':>8} {'MFU':>5} {'XLA':>6} {'est':>6} {'peak':>6} {'compile':>7} | {'B':>3} "
-              f"{'ms/step':>8} {'tok/s':>8} {'MFU':>5} {'peak':>6} | {'speedup':>7}")
+              f"{'tok/s':>8} {'MFU':>5} {'XLA':>6} {'est':>6} {'peak':>6} {'compile':>7} | "
+              f"{'B':>3} {'ms/step':>8} {'tok/s':>8} {'MFU':>5} {'peak':>6} | {'speedup':>7}")
     devices = sorted({r["device"] for r in rows if "device" in r})
     print(f"\nrlr (left) vs torch + transformers eager (right) on {', '.join(devices)}; "
           "memory in GiB per device")
@@ -659,8 +660,8 @@ def main(argv=None):
         return child_main(args)
     # The driver never touches the GPU itself: each measurement runs in its own process.
     print(f"T={args.seq_len} (prompt {args.prompt_len}), batch {args.batch}, remat {args.remat}, "
-          f"attention {args.attention}, compute {args.dtype}, log-prob chunk {args.chunk_size}, PPO minibatches "
-          f"{args.minibatches}, runs {args.runs}", flush=True)
+          f"attention {args.attention}, compute {args.dtype}, log-prob chunk {args.chunk_size}, "
+          f"PPO minibatches {args.minibatches}, runs {args.runs}", flush=True)
     rows = []
     for model in args.models.split(","):
         for step in args.steps.split(","):
