@@ -110,6 +110,7 @@ class Linear(nn.Module):
     """y = x . W + b, contracting the last `in_dims` axes of x with the leading axes of W.
 
     W has shape x.shape[-in_dims:] + out_shape and logical axes `names`; b has out_shape.
+    Computed in `dtype` (default config.dtype).
     """
 
     config: ModelConfig
@@ -117,18 +118,20 @@ class Linear(nn.Module):
     names: tuple
     in_dims: int = 1
     bias: bool = False
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x):
         c = self.config
+        dtype = self.dtype or c.dtype
         kernel = self.param("kernel", _partitioned(nn.initializers.normal(0.02), self.names),
                             x.shape[x.ndim - self.in_dims:] + self.out_shape, c.param_dtype)
         contract = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
-        y = jax.lax.dot_general(x.astype(c.dtype), kernel.astype(c.dtype), (contract, ((), ())))
+        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
         if self.bias:
             b = self.param("bias", _partitioned(nn.initializers.zeros, self.names[self.in_dims:]),
                            self.out_shape, c.param_dtype)
-            y = y + b.astype(c.dtype)
+            y = y + b.astype(dtype)
         return y
 
 
@@ -310,8 +313,8 @@ class Transformer(nn.Module):
         new_cache = None if cache is None else KVCache(cache_k, cache_v)
 
         if self.head == "score":
-            score_config = c.replace(dtype=jnp.float32, attention="xla")  # a float32 Linear
-            scores = Linear(score_config, (), ("embed",), bias=True, name="score_head")(hidden)
+            scores = Linear(c, (), ("embed",), bias=True, dtype=jnp.float32,
+                            name="score_head")(hidden)
             return scores, new_cache
         if not c.tie_embeddings:
             self.param("lm_head", _partitioned(nn.initializers.normal(0.02), ("embed", "vocab")),
