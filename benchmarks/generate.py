@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 from rlr.models import Transformer, get_config, to_hf_config  # noqa: E402
 from rlr.parallel import init_model_params, make_mesh  # noqa: E402
 from rlr.sampling import Sampler, SamplingConfig  # noqa: E402
+from op_profile import print_row_profile, profile_or_error  # noqa: E402  (benchmarks/op_profile.py)
 from timing import median_seconds  # noqa: E402  (benchmarks/timing.py)
 
 GiB = 1024 ** 3
@@ -70,6 +71,9 @@ def parse_args(argv=None):
                    help="comma-separated token-loop variants, one rlr row each: unstacked "
                         "(per-layer weight copy, the default) and / or scanned "
                         "(SamplingConfig.unstack_layers=False)")
+    p.add_argument("--profile", type=int, default=0, metavar="TOP",
+                   help="trace one more rlr call and print its TOP ops by time and the time by "
+                        "op kind (benchmarks/op_profile.py); 0 = off")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
@@ -127,10 +131,13 @@ def bench_rlr(config, params, mesh, batch: int, decode: str, args) -> dict:
     generated = int(np.asarray(out.lengths).sum())
     if generated != batch * args.new_tokens:
         raise RuntimeError(f"rlr generated {generated} tokens, expected {batch * args.new_tokens}")
-    seconds = median_seconds(lambda: jax.block_until_ready(compiled(params, tokens, mask, key)),
-                             args.runs)
-    return dict(rlr_tok_s=batch * args.new_tokens / seconds, rlr_s=seconds,
-                rlr_compile_s=compile_s, rlr_peak_bytes=peak)
+    call = lambda: jax.block_until_ready(compiled(params, tokens, mask, key))  # noqa: E731
+    seconds = median_seconds(call, args.runs)
+    row = dict(rlr_tok_s=batch * args.new_tokens / seconds, rlr_s=seconds,
+               rlr_compile_s=compile_s, rlr_peak_bytes=peak)
+    if args.profile:
+        row.update(profile_or_error(compiled, call))
+    return row
 
 
 def hf_setup(quick: bool):
@@ -248,6 +255,9 @@ def main(argv=None):
             if hf[2] == "cuda":
                 hf[0].cuda.empty_cache()
     print_table(rows, bandwidth)
+    for r in rows:
+        print_row_profile(r, args.profile,
+                          f"of rlr {r['model']} batch {r['batch']} ({r['decode']}), one call")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(bandwidth=bandwidth, device=jax.devices()[0].device_kind,

@@ -69,6 +69,7 @@ import time
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from op_profile import print_row_profile, profile_or_error  # noqa: E402  (benchmarks/op_profile.py)
 from timing import median_seconds  # noqa: E402  (benchmarks/timing.py)
 
 STEPS = ("sft", "dpo", "ppo")
@@ -278,6 +279,7 @@ def rlr_measure(name: str, shape: Shape, args) -> dict:
     prefix = "policy/" if shape.step == "ppo" else ""
     first_loss, first_grad_norm = (float(metrics[prefix + k]) for k in ("loss", "grad_norm"))
     seconds = median_seconds(run, args.runs) / opt_steps
+    profile = profile_or_error(compiled, run) if args.profile else {}
     stats = jax.devices()[0].memory_stats() or {}
     del call_args, compiled
     return dict(framework="rlr", device=jax.devices()[0].device_kind, model=name,
@@ -286,7 +288,7 @@ def rlr_measure(name: str, shape: Shape, args) -> dict:
                 first_grad_norm=first_grad_norm, seconds=seconds,
                 compile_s=compile_s,
                 xla_bytes=xla_bytes, estimate_bytes=estimate.training,
-                peak_bytes=stats.get("peak_bytes_in_use"))
+                peak_bytes=stats.get("peak_bytes_in_use"), **profile)
 
 
 def rows_candidates(step: str, fixed) -> list[int]:
@@ -525,6 +527,9 @@ def parse_args(argv=None):
                    help="transformers gradient checkpointing in the peer")
     p.add_argument("--no-isolate", action="store_true",
                    help="run every measurement in this process (default on a GPU: one subprocess each)")
+    p.add_argument("--profile", type=int, default=0, metavar="TOP",
+                   help="trace one more rlr call and print its TOP ops by time and the time by "
+                        "op kind (benchmarks/op_profile.py); 0 = off")
     p.add_argument("--json", default=None, help="write the rows to this JSON file (after each row)")
     p.add_argument("--quick", action="store_true", help="tiny model, B=4, T=64 on a CPU: a smoke run")
     p.add_argument("--child", choices=("rlr", "torch"), help=argparse.SUPPRESS)
@@ -555,7 +560,8 @@ def child_command(args, kind: str, model: str, step: str, rows=None) -> list[str
            "--batch", str(args.batch), "--runs", str(args.runs), "--remat", args.remat,
            "--dtype", args.dtype, "--attention", args.attention,
            "--chunk-size", str(args.chunk_size),
-           "--reference-dtype", args.reference_dtype, "--minibatches", str(args.minibatches)]
+           "--reference-dtype", args.reference_dtype, "--minibatches", str(args.minibatches),
+           "--profile", str(args.profile)]
     if args.peak_tflops:
         cmd += ["--peak-tflops", str(args.peak_tflops)]
     for override in args.model_override:
@@ -670,7 +676,7 @@ def main(argv=None):
                 r = measure(argparse.Namespace(**dict(vars(args), attention=kernel)), "rlr",
                             model, step)
                 rlr_rows.append(r)
-                print(json.dumps(r), flush=True)
+                print(json.dumps({k: v for k, v in r.items() if k != "ops"}), flush=True)
             rows += rlr_rows
             if not args.skip_peer:  # the peer starts at the largest B an rlr row ran
                 start = max(r.get("rows", 0) for r in rlr_rows) or (
@@ -682,6 +688,10 @@ def main(argv=None):
                 with open(args.json, "w") as f:
                     json.dump(dict(args=vars(args), rows=rows), f, indent=1)
     print_table(rows)
+    for r in rows:
+        if r["framework"] == "rlr":
+            print_row_profile(r, args.profile, f"of rlr {r['step']} {r['model']} "
+                              f"({r.get('attention')} attention, B={r.get('rows')}), one call")
     return rows
 
 
