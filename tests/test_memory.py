@@ -146,8 +146,9 @@ def test_saved_bytes_formulas_by_hand():
 
 @pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (2, 1, 4)])
 def test_kv_cache_matches_sampler_cache(mesh_shape):
-    """The cache `generate` builds: its global [L, N, P + R, KVH, Dh] shape and, from the
-    sharding constraint the sampler puts on it, its per-device shard."""
+    """The cache `generate` builds: its global [L, N, KVH, P + R, Dh] shape and, from the
+    sharding constraints the sampler puts on it, its per-device shard; the token loop's
+    per-layer buffers [N, KVH, P + R, Dh] hold the same bytes."""
     config = get_config("tiny")
     mesh = make_mesh(*mesh_shape)
     model = Transformer(config)
@@ -162,16 +163,20 @@ def test_kv_cache_matches_sampler_cache(mesh_shape):
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         jaxpr = jax.make_jaxpr(lambda p, t, m, k: generate(model, p, t, m, k, sampling, mesh))(
             params, tokens, mask, jax.random.key(0))
-    caches = [(e.invars[0].aval, e.params["sharding"]) for e in jaxpr.jaxpr.eqns
-              if e.primitive.name == "sharding_constraint" and e.invars[0].aval.ndim == 5]
-    assert len(caches) == 2  # k and v, after the prefill
+    constrained = [(e.invars[0].aval, e.params["sharding"]) for e in jaxpr.jaxpr.eqns
+                   if e.primitive.name == "sharding_constraint"]
+    stacked = [c for c in constrained if c[0].ndim == 5]
+    per_layer = [c for c in constrained if c[0].ndim == 4]
+    assert len(stacked) == 2 and len(per_layer) == 2 * config.num_layers  # k and v
     rows, slots = prompts * sampling.num_samples, prompt_len + sampling.max_new_tokens
-    shape = (config.num_layers, rows, slots, config.num_kv_heads, config.head_dim)
+    shape = (config.num_layers, rows, config.num_kv_heads, slots, config.head_dim)
     itemsize = jnp.dtype(config.dtype).itemsize
-    assert all(aval.shape == shape for aval, _ in caches)
-    per_device = sum(math.prod(sharding.shard_shape(aval.shape)) * itemsize
-                     for aval, sharding in caches)
-    assert kv_cache_bytes(config, rows, slots, mesh) == per_device
+    assert all(aval.shape == shape for aval, _ in stacked)
+    assert all(aval.shape == shape[1:] for aval, _ in per_layer)
+    for caches in (stacked, per_layer):
+        per_device = sum(math.prod(sharding.shard_shape(aval.shape)) * itemsize
+                         for aval, sharding in caches)
+        assert kv_cache_bytes(config, rows, slots, mesh) == per_device
     assert kv_cache_bytes(config, rows, slots) == 2 * math.prod(shape) * itemsize
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from hf_fixtures import random_rlr_params
 from rlr.models import (NAMED_CONFIGS, Transformer, get_config, init_cache, lm_head_weight,
-                        next_token_logprobs, token_logprobs, unstack_layers)
-from rlr.models.decoder import pack_valid_tokens
+                        next_token_logprobs, token_logprobs, unstack_cache, unstack_layers)
+from rlr.models.decoder import cached_attention, pack_valid_tokens
 from rlr.parallel import DEFAULT_RULES, make_mesh, shard_batch
 
 B, T = 2, 12
@@ -126,6 +126,26 @@ def test_next_token_logprobs_equal_reference(params):
     np.testing.assert_allclose(entropy, ref_entropy, rtol=0, atol=1e-5)
 
 
+def test_cached_attention_equals_a_float64_reference():
+    """cached_attention on the cache layout [B, KVH, S, Dh] with grouped queries: per query head
+    n (key / value head n // G), softmax over the allowed keys of q.k / sqrt(Dh), times v."""
+    rng = np.random.default_rng(0)
+    batch, length, slots, heads, kv_heads, head_dim = 2, 3, 7, 6, 2, 8
+    q = rng.normal(size=(batch, length, heads, head_dim))
+    k, v = (rng.normal(size=(batch, kv_heads, slots, head_dim)) for _ in range(2))
+    mask = rng.random((batch, 1, length, slots)) < 0.6
+    mask[..., 0] = True  # every query sees a key
+    got = cached_attention(*(jnp.asarray(x, jnp.float32) for x in (q, k, v)), jnp.asarray(mask))
+    want = np.zeros_like(q)
+    for b, t, n in np.ndindex(batch, length, heads):
+        kv = n // (heads // kv_heads)
+        logits = k[b, kv] @ q[b, t, n] / np.sqrt(head_dim)
+        logits = np.where(mask[b, 0, t], logits, -np.inf)
+        probs = np.exp(logits - logits.max())
+        want[b, t, n] = probs / probs.sum() @ v[b, kv]
+    np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-6)
+
+
 def test_kv_cache_prefill_and_decode_equal_full_forward(params):
     """Prefill 8 slots, decode 4 one at a time: the hidden states of the full forward."""
     model = Transformer(CONFIG)
@@ -141,7 +161,7 @@ def test_kv_cache_prefill_and_decode_equal_full_forward(params):
     for t in range(8, T):
         out, cache = step(params, tokens[:, t:t + 1], positions[:, t:t + 1], cache, t)
         outs.append(out)
-    assert cache.k.shape == (CONFIG.num_layers, B, T, CONFIG.num_kv_heads, CONFIG.head_dim)
+    assert cache.k.shape == (CONFIG.num_layers, B, CONFIG.num_kv_heads, T, CONFIG.head_dim)
     valid = np.asarray(mask)
     np.testing.assert_allclose(np.asarray(jnp.concatenate(outs, 1))[valid], np.asarray(full)[valid],
                                rtol=0, atol=1e-5)
@@ -185,7 +205,8 @@ def test_bf16_compute_is_close_to_f32(params):
 def test_unrolled_model_on_unstacked_params_equals_the_scanned_model(params):
     """Transformer(scan_layers=False) on unstack_layers(params): the tree the unrolled model
     itself initialises (layer_0 .. layer_{L-1}, leaves without the layers axis), each layer the
-    slice of the stacked arrays, and the scanned model's hidden states and KV cache."""
+    slice of the stacked arrays, and the scanned model's hidden states and KV cache (the unrolled
+    model's per-layer cache, unstack_cache, holds the stacked one's layers)."""
     unrolled = Transformer(CONFIG, scan_layers=False)
     tokens, positions, mask = model_inputs()
     unstacked = unstack_layers(params, jnp.float32)
@@ -198,12 +219,18 @@ def test_unrolled_model_on_unstacked_params_equals_the_scanned_model(params):
     assert unstack_layers(params, jnp.bfloat16)["layer_0"]["attn"]["q_proj"]["bias"].dtype == (
         jnp.bfloat16)
     cache = init_cache(CONFIG, B, T)
-    want = Transformer(CONFIG).apply({"params": params}, tokens, positions, mask, cache=cache,
-                                     cache_index=0)
-    got = unrolled.apply({"params": unstacked}, tokens, positions, mask, cache=cache,
-                         cache_index=0)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):  # float32 rounding apart
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
+    want, want_cache = Transformer(CONFIG).apply({"params": params}, tokens, positions, mask,
+                                                 cache=cache, cache_index=0)
+    got, got_cache = unrolled.apply({"params": unstacked}, tokens, positions, mask,
+                                    cache=unstack_cache(cache), cache_index=0)
+    assert len(got_cache.k) == CONFIG.num_layers
+    assert got_cache.k[0].shape == (B, CONFIG.num_kv_heads, T, CONFIG.head_dim)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-5)
+    for per_layer, stacked in zip(got_cache, want_cache):  # float32 rounding apart
+        np.testing.assert_allclose(np.stack(per_layer), np.asarray(stacked), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"scan_layers=False\) takes a per-layer KVCache"):
+        unrolled.apply({"params": unstacked}, tokens, positions, mask, cache=cache,
+                       cache_index=0)
 
 
 def test_attention_config_errors():
@@ -285,13 +312,13 @@ def test_cudnn_attention_path_equals_the_mask_path_on_valid_positions(params, cu
         got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
         assert np.linalg.norm(got - want) < 1e-3 * np.linalg.norm(want)
 
-    # Sampling (a KV cache) uses the mask path whatever the config says.
+    # Sampling (a KV cache) uses the masked cached_attention whatever the config says.
     calls.clear()
     config = CONFIG.replace(dtype=jnp.bfloat16, attention="cudnn")
     Transformer(config).apply({"params": params}, tokens[:, :4], positions[:, :4],
                               jnp.asarray(mask), cache=init_cache(config, rows, length),
                               cache_index=0)
-    assert calls and all(c == (None, False) for c in calls)
+    assert not calls
 
 
 def test_float64_compute_keeps_float64_in_rope_and_rmsnorm():

@@ -5,7 +5,8 @@ their parameter trees. Layers are stacked with `nn.scan` (one compiled layer, pa
 leading `layers` axis; a sampler's token loop runs them unrolled on `unstack_layers`' per-layer
 trees), every parameter carries logical axis names (rlr/parallel/rules.py maps them onto the
 mesh), and the key/value cache is an explicit input and output, so generation is a pure
-function too.
+function too: stacked [L, B, KVH, S, Dh] for the scanned model, a buffer a layer for the
+unrolled one, in the [B, KVH, S, Dh] layout the attention matmuls read without a transposed copy.
 
 Architecture: Touvron et al. 2023 (Llama), Qwen Team 2024 (Qwen2: q/k/v biases); RoPE from
 Su et al. 2021 in the Hugging Face `rotate_half` layout; RMSNorm from Zhang & Sennrich 2019;
@@ -23,20 +24,32 @@ import jax.numpy as jnp
 from rlr.models.config import ModelConfig, RopeScaling
 
 HEADS = ("lm", "score")
+MASKED_LOGIT = -0.7 * float(jnp.finfo(jnp.float32).max)  # a masked key's logit (as jax.nn)
 
 
 class KVCache(NamedTuple):
-    """Keys and values of every layer: k, v [L, B, S, KVH, Dh] (S cache slots)."""
+    """Keys and values of every layer, slot-major per head: [B, KVH, S, Dh] a layer (S cache
+    slots; the layout of the attention matmuls' operands, so no step copies a layer's cache).
 
-    k: jax.Array
-    v: jax.Array
+    Stacked (the scanned model): k, v [L, B, KVH, S, Dh]. Per layer (the unrolled model): k, v
+    tuples of L arrays [B, KVH, S, Dh] (`unstack_cache`): each layer writes and reads its own
+    buffer, where a slice of the stacked one would be a copy every step.
+    """
+
+    k: Any
+    v: Any
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype=None) -> KVCache:
-    """An all-zero cache of `length` slots for `batch` sequences."""
-    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+    """An all-zero stacked cache of `length` slots for `batch` sequences."""
+    shape = (config.num_layers, batch, config.num_kv_heads, length, config.head_dim)
     zeros = jnp.zeros(shape, dtype or config.dtype)
     return KVCache(zeros, zeros)
+
+
+def unstack_cache(cache: KVCache) -> KVCache:
+    """The per-layer cache (tuples of L [B, KVH, S, Dh]) of a stacked one [L, B, KVH, S, Dh]."""
+    return KVCache(*(tuple(x) for x in cache))
 
 
 def _partitioned(init, names):
@@ -144,8 +157,8 @@ class Attention(nn.Module):
     def __call__(self, x, positions, mask, lengths, layer_cache, cache_index):
         """x [B,T,D]; positions [B,T]; mask [B,1,T,S] bool, or None with lengths [B] int32 (rows
         packed by `pack_valid_tokens`: causal over the first lengths[b] slots, T == S);
-        layer_cache None or (k, v, layer) with the full caches k, v [L,B,S,KVH,Dh] and this
-        layer's index."""
+        layer_cache None, (k, v, layer) with the stacked caches [L,B,KVH,S,Dh] and this layer's
+        index, or (k, v, None) with this layer's own caches [B,KVH,S,Dh] (KVCache)."""
         c = self.config
         q = Linear(c, (c.num_heads, c.head_dim), ("embed", "heads", "head_dim"),
                    bias=c.qkv_bias, name="q_proj")(x)
@@ -156,19 +169,16 @@ class Attention(nn.Module):
         inv_freq = rope_inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling)
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
-        if layer_cache is not None:
-            # The whole [L, B, S, KVH, Dh] cache rides in the scan carry and is updated in place
-            # at (layer, slot): one write of the new entries, not a copy of the layer's cache.
-            cache_k, cache_v, layer = layer_cache
-            start = (layer, 0, cache_index, 0, 0)
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
-            k = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False)
-            v = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False)
-            layer_cache = (cache_k, cache_v)
         q = _constrain(q, ("act_batch", "act_length", "act_heads", None))
-        k, v = k.astype(q.dtype), v.astype(q.dtype)
-        if lengths is None:
+        if layer_cache is not None:
+            # The T new entries are written in place at slot cache_index (a stacked cache rides
+            # in the scan carry: one write, not a copy of the layer's cache), then attended to.
+            cache_k, cache_v, layer = layer_cache
+            cache_k, k = _write_cache(cache_k, k, layer, cache_index)
+            cache_v, v = _write_cache(cache_v, v, layer, cache_index)
+            out = cached_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+            layer_cache = (cache_k, cache_v)
+        elif lengths is None:
             out = jax.nn.dot_product_attention(q, k, v, mask=mask)
         else:
             out = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=lengths,
@@ -177,6 +187,37 @@ class Attention(nn.Module):
         out = Linear(c, (c.hidden_size,), ("heads", "head_dim", "embed"), in_dims=2,
                      name="o_proj")(out)
         return out, layer_cache
+
+
+def _write_cache(cache: jax.Array, new: jax.Array, layer: Optional[jax.Array],
+                 cache_index) -> tuple[jax.Array, jax.Array]:
+    """(updated cache, this layer's [B, KVH, S, Dh]) after writing new [B, T, KVH, Dh] at slots
+    cache_index..cache_index+T-1 of a layer's cache [B, KVH, S, Dh] (layer None) or of the
+    stacked cache [L, B, KVH, S, Dh] at `layer`."""
+    new = jnp.swapaxes(new, 1, 2).astype(cache.dtype)  # [B, KVH, T, Dh]
+    if layer is None:
+        cache = jax.lax.dynamic_update_slice(cache, new, (0, 0, cache_index, 0))
+        return cache, cache
+    cache = jax.lax.dynamic_update_slice(cache, new[None], (layer, 0, 0, cache_index, 0))
+    return cache, jax.lax.dynamic_index_in_dim(cache, layer, keepdims=False)
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention of q [B, T, N, Dh] over a cache k, v [B, KVH, S, Dh]: [B, T, N, Dh].
+
+    softmax(q k^T / sqrt(Dh) + mask) v with the N query heads in KVH groups of G = N / KVH
+    sharing a key / value head (Ainslie et al. 2023); mask [B, 1, T, S] bool. The logits and the
+    softmax in float32, the probabilities cast to v's dtype before the second matmul: the
+    arithmetic of jax.nn.dot_product_attention's XLA path, on the cache's own layout.
+    """
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[1]
+    q = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
+    logits = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.where(mask[:, :, None], logits * (1 / math.sqrt(head_dim)), MASKED_LOGIT)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v)  # the matmul's own output layout
+    return jnp.moveaxis(out, 3, 1).reshape(batch, length, heads, head_dim)
 
 
 class MLP(nn.Module):
@@ -195,7 +236,8 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     """One pre-norm decoder layer, written as a scan body over layers:
-    ((x, cache_k, cache_v), layer index) -> ((x, cache_k, cache_v), None)."""
+    ((x, cache_k, cache_v), layer) -> ((x, cache_k, cache_v), None); layer is the index into
+    stacked caches, or None when cache_k / cache_v are this layer's own (see Attention)."""
 
     config: ModelConfig
 
@@ -258,8 +300,9 @@ class Transformer(nn.Module):
 
     __call__(tokens [B,T] int, positions [B,T] int, attention_mask [B,S] bool, segment_ids=None,
              cache=None, cache_index=None) -> (out, cache)
-    Layers run as one scanned layer (params["layers"], every leaf [L, ...]), or unrolled with
-    scan_layers=False (params layer_0 .. layer_{L-1}; `unstack_layers` converts).
+    Layers run as one scanned layer (params["layers"], every leaf [L, ...]; a stacked KVCache),
+    or unrolled with scan_layers=False (params layer_0 .. layer_{L-1}, `unstack_layers`; a
+    per-layer KVCache, `unstack_cache`).
     out is hidden [B,T,D] (lm) or scores [B,T] (score). Without a cache S = T; with one, S is
     the cache length and the T new tokens are written at slots cache_index..cache_index+T-1.
     With config.attention == "cudnn", a forward without cache or segment_ids packs each row's
@@ -295,22 +338,33 @@ class Transformer(nn.Module):
         block = Block
         if c.remat != "none":
             block = nn.remat(Block, policy=_REMAT_POLICY[c.remat], prevent_cse=False)
-        carry = (x, None, None) if cache is None else (x, *cache)
+        per_layer = cache is not None and isinstance(cache.k, (tuple, list))
+        if cache is not None and per_layer == self.scan_layers:
+            expected = ("a stacked KVCache (k, v [L, B, KVH, S, Dh]: init_cache)"
+                        if self.scan_layers else
+                        "a per-layer KVCache (tuples of L [B, KVH, S, Dh]: unstack_cache)")
+            raise ValueError(f"Transformer(scan_layers={self.scan_layers}) takes {expected}")
         if self.scan_layers:
             layers = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True},
                 in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
-            carry, _ = layers(carry, jnp.arange(c.num_layers), positions, mask, lengths, cache_index)
+            carry = (x, None, None) if cache is None else (x, *cache)
+            (x, cache_k, cache_v), _ = layers(carry, jnp.arange(c.num_layers), positions, mask,
+                                              lengths, cache_index)
+            new_cache = None if cache is None else KVCache(cache_k, cache_v)
         else:
+            keys, values = [], []
             for i in range(c.num_layers):
-                carry, _ = block(c, name=f"layer_{i}")(carry, i, positions, mask, lengths,
-                                                       cache_index)
-        x, cache_k, cache_v = carry
+                carry = (x, None, None) if cache is None else (x, cache.k[i], cache.v[i])
+                (x, cache_k, cache_v), _ = block(c, name=f"layer_{i}")(
+                    carry, None, positions, mask, lengths, cache_index)
+                keys.append(cache_k)
+                values.append(cache_v)
+            new_cache = None if cache is None else KVCache(tuple(keys), tuple(values))
         if packed:
             x = jnp.take_along_axis(x, jnp.argsort(order, axis=1)[..., None], axis=1)
         hidden = RMSNorm(c, name="final_norm")(x)
-        new_cache = None if cache is None else KVCache(cache_k, cache_v)
 
         if self.head == "score":
             scores = Linear(c, (), ("embed",), bias=True, dtype=jnp.float32,

@@ -165,7 +165,7 @@ def optimizer_state_bytes(config: ModelConfig, mesh: MeshLike = None, optimizer:
 def kv_cache_bytes(config: ModelConfig, rows: int, slots: int, mesh: MeshLike = None,
                    dtype: Any = None) -> int:
     """Bytes per device of the sampler's key/value cache (rlr.sampling.generate): k and v of
-    shape [L, rows, slots, KVH, Dh] in `dtype` (default the compute dtype),
+    shape [L, rows, KVH, slots, Dh] in `dtype` (default the compute dtype),
 
         2 * L * ceil(rows / (data * fsdp)) * slots * KVH' * Dh * itemsize,
 

@@ -11,7 +11,8 @@ Per call, for prompts [B, P] (left-padded, mask [B, P]) and n = num_samples:
   3. sample token 0 from the prefill's last-position logits, then loop: feed the last token at
      slot P + t - 1, take the logits of that one position [B*n, V] and sample token t. The loop
      ends after max_new tokens or as soon as every row has finished. The loop runs the model
-     with its layers unrolled on a per-layer copy of the weights (SamplingConfig.unstack_layers).
+     with its layers unrolled on a per-layer copy of the weights and a per-layer cache
+     (SamplingConfig.unstack_layers).
 A row finishes after an EOS id or the last token of a stop sequence (both kept, mask True);
 after that it emits pad_id with mask False and log-prob 0, while the other rows go on.
 
@@ -36,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from rlr.models import KVCache, init_cache, last_token_logits, lm_head_weight, unstack_layers
+from rlr.models import (KVCache, init_cache, last_token_logits, lm_head_weight, unstack_cache,
+                        unstack_layers)
 from rlr.parallel import BATCH_AXES, DEFAULT_RULES, batch_sharding, shard_batch
 from rlr.sampling import filters, stops
 
@@ -57,9 +59,10 @@ class SamplingConfig:
     (the tokenizer's vocabulary, when the model's embedding is padded larger: a padding id
     never decodes); 0 = every id. Log-probs stay those of the full (unmasked) policy.
     unstack_layers: run the token loop on a per-layer copy of the weights in the compute dtype
-    (rlr.models.decoder.unstack_layers), made once a call: no copy of every layer's weights out
-    of the stacked arrays at every token, for the memory of one more model in the compute
-    dtype. False: the scanned model, sliced every token.
+    (rlr.models.decoder.unstack_layers) and a per-layer KV cache (unstack_cache), made once a
+    call: no copy of every layer's weights and cache out of the stacked arrays at every token,
+    for the memory of one more model in the compute dtype. False: the scanned model, sliced
+    every token.
     """
 
     temperature: float = 1.0
@@ -124,17 +127,22 @@ class _LoopState(NamedTuple):
     logprobs: jax.Array  # [N, R] float32
 
 
-def _cache_spec(mesh: Mesh, num_kv_heads: int) -> P:
-    """Cache [L, N, S, KVH, Dh]: rows over (data, fsdp), kv heads over tensor when they divide."""
+def _cache_spec(mesh: Mesh, num_kv_heads: int, rank: int) -> P:
+    """A cache array [(L,) N, KVH, S, Dh]: rows over (data, fsdp), kv heads over tensor when
+    they divide."""
     heads = "tensor" if num_kv_heads % mesh.shape["tensor"] == 0 else None
-    return P(None, BATCH_AXES, None, heads, None)
+    return P(*(None,) * (rank - 4), BATCH_AXES, heads, None, None)
 
 
 def _constrain_cache(cache: KVCache, mesh: Optional[Mesh]) -> KVCache:
     if mesh is None:
         return cache
-    sharding = NamedSharding(mesh, _cache_spec(mesh, cache.k.shape[3]))
-    return KVCache(*(jax.lax.with_sharding_constraint(x, sharding) for x in cache))
+
+    def constrain(x):
+        spec = _cache_spec(mesh, x.shape[-3], x.ndim)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    return jax.tree.map(constrain, cache)
 
 
 def _emit(state: _LoopState, logits: jax.Array, rng: jax.Array,
@@ -175,7 +183,7 @@ def _prefill(model, params, tokens, mask, repeats: int, total_slots: int, mesh):
     hidden, cache = model.apply({"params": params}, tokens, positions, mask, cache=cache,
                                 cache_index=0)
     logits = last_token_logits(hidden, lm_head_weight(params, model.config))
-    pad = ((0, 0), (0, 0), (0, total_slots - length), (0, 0), (0, 0))
+    pad = ((0, 0), (0, 0), (0, 0), (0, total_slots - length), (0, 0))
     cache = KVCache(*(jnp.repeat(jnp.pad(x, pad), repeats, axis=1) for x in cache))
     return jnp.repeat(logits, repeats, axis=0), _constrain_cache(cache, mesh)
 
@@ -211,6 +219,7 @@ def generate(model, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Arra
     if config.unstack_layers:
         decoder = model.clone(scan_layers=False)
         decoder_params = unstack_layers(params, model.config.dtype)
+        cache = _constrain_cache(unstack_cache(cache), mesh)
     weight = lm_head_weight(decoder_params, model.config)
 
     state = _LoopState(
