@@ -130,10 +130,10 @@ def op_rows(ops: dict[str, HloOp], events, runs: int, wall_s: float) -> list[dic
         members.setdefault(key, set()).add(op)
     summed = sum(total_ns.values()) or 1.0
     busy = summed * 1e-9 / wall_s if wall_s else float("nan")
-    return [dict(kind=kind, shape=shape, source=source, ops=len(members[key]),
-                 ms_per_call=ns * 1e-6 / runs, events_per_call=count[key] / runs,
+    return [dict(kind=kind, shape=shape, source=source, ops=len(members[kind, shape, source]),
+                 ms_per_call=ns * 1e-6 / runs, events_per_call=count[kind, shape, source] / runs,
                  share=ns / summed, busy=busy)
-            for key, ns in total_ns.most_common() for kind, shape, source in [key]]
+            for (kind, shape, source), ns in total_ns.most_common()]
 
 
 def profile_ops(compiled, call: Callable[[], object], runs: int = 2) -> list[dict]:
