@@ -345,4 +345,5 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
         params=params, optimizer_state=opt, gradients=max(policy, critic),
         activations=activation_bytes(model_config, sizes, batch, seq_len, remat, chunk_size,
                                      rules=rules),
-        kv_cache=cache, decode_weights=decode_weights, batch_inputs=rows * seq_len * (4 + 4 + 1 + 1))
+        kv_cache=cache, decode_weights=decode_weights,
+        batch_inputs=rows * seq_len * (4 + 4 + 1 + 1))
