@@ -11,13 +11,15 @@
 # Parts (seconds of wall time each at most; BUDGET_S scales them down together):
 #   1. train_1p5b  DPO step, Qwen2.5-1.5B shape, T=1024, XLA vs cuDNN attention, torch peer
 #                  (issue 9's target: MFU >= 0.45 and >= 1.5x the peer)
-#                  Parts 1-3 also print each rlr row's op profile (--profile: the top ops by
-#                  device time, benchmarks/op_profile.py), the where-the-time-goes of that row.
+#                  Parts 1, 2 and 4 also print each rlr row's op profile (--profile: the top
+#                  ops by device time, benchmarks/op_profile.py), where that row's time goes.
 #   2. generate    Qwen2.5-0.5B and 1.5B shapes at B=256, 256 new tokens, the token loop on
 #                  per-layer weights (unstacked, the default) vs the scanned model, HF
 #                  generate beside (issue 3's target: >= 74k tok/s, >= 40% of the roofline)
-#   3. train_0p5b  DPO and PPO steps, Qwen2.5-0.5B shape, XLA vs cuDNN, torch peer
-#   4. decode_hlo  the optimised HLO of the 0.5B B=256 generation program (where decode time
+#   3. sampling    the pick of one token from logits [B, 151936] (B 64 and 256; plain, top-k,
+#                  top-p) vs Hugging Face's logits warpers + torch.multinomial
+#   4. train_0p5b  DPO and PPO steps, Qwen2.5-0.5B shape, XLA vs cuDNN, torch peer
+#   5. decode_hlo  the optimised HLO of the 0.5B B=256 generation program (where decode time
 #                  goes: copies of the KV cache, fusions a step), for reading offline
 set -u
 cd "$(dirname "$0")/.."
@@ -42,13 +44,14 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log
   sed '/^op profile/,$d' "$OUT/$name.log" | grep -v "^{\|WARNING\|^I0\|^W0" | tail -15
 }
 
-part train_1p5b 200 python3 benchmarks/train_step.py --models qwen2.5-1.5b --steps dpo \
+part train_1p5b 190 python3 benchmarks/train_step.py --models qwen2.5-1.5b --steps dpo \
   --attention xla,cudnn --runs 3 --profile 20 --json "$OUT/train_1p5b.json"
-part generate 200 python3 benchmarks/generate.py --batches 256 --decode unstacked,scanned \
+part generate 190 python3 benchmarks/generate.py --batches 256 --decode unstacked,scanned \
   --runs 2 --hf-runs 1 --profile 20 --json "$OUT/generate.json"
-part train_0p5b 100 python3 benchmarks/train_step.py --models qwen2.5-0.5b --steps dpo,ppo \
+part sampling 40 python3 benchmarks/sampling.py --json "$OUT/sampling.json"
+part train_0p5b 90 python3 benchmarks/train_step.py --models qwen2.5-0.5b --steps dpo,ppo \
   --attention xla,cudnn --runs 3 --profile 20 --json "$OUT/train_0p5b.json"
-part decode_hlo 40 env XLA_FLAGS="--xla_dump_to=$OUT/decode_hlo --xla_dump_hlo_as_text \
+part decode_hlo 30 env XLA_FLAGS="--xla_dump_to=$OUT/decode_hlo --xla_dump_hlo_as_text \
   --xla_dump_hlo_module_re=.*run.*" python3 benchmarks/generate.py --models qwen2.5-0.5b \
   --batches 256 --runs 1 --skip-hf
 find "$OUT/decode_hlo" -type f ! -name '*after_optimizations.txt' -delete 2>/dev/null

@@ -23,8 +23,8 @@ import hf_fixtures as F
 from rlr.models import Transformer, from_hf_config, next_token_logprobs, lm_head_weight
 from rlr.models.hf_io import params_from_hf_state_dict
 from rlr.parallel import BATCH_AXES, make_mesh, param_shardings
-from rlr.sampling import (Sampler, SamplingConfig, bucket_length, check_prompts, filter_logits,
-                          sample_tokens, top_k_filter, top_p_filter)
+from rlr.sampling import (Sampler, SamplingConfig, bucket_length, categorical, check_prompts,
+                          filter_logits, sample_tokens, top_k_filter, top_p_filter)
 from rlr.sampling import stops
 
 B, PROMPT, R = 4, 9, 10
@@ -264,6 +264,59 @@ def test_empirical_frequencies_match_the_filtered_distribution(temperature, top_
     assert counts[~support].sum() == 0
     tv = 0.5 * np.abs(counts / STAT_ROWS - target).sum()
     assert tv < 0.03, (tv, counts / STAT_ROWS, target)  # expected TV about 0.01 at 8000 draws
+
+
+SCATTERED = np.array([5, 100, 127, 128, 200, 255, 256, 299])  # blocks 0, 0, 0, 1, 1, 1, 2, 2
+
+
+@pytest.mark.parametrize("rest", [np.log(0.1 / 292), -np.inf])
+def test_categorical_over_vocabulary_blocks_matches_softmax(rest):
+    """categorical's two-level draw over blocks of 128 logits, at V = 300 (the last block
+    partial): 8 tokens spread over the three blocks carry 0.9 of the mass (all of it when the
+    other 292 are -inf), the rest share 0.1. Frequencies of the 8 and of the rest as a bin."""
+    vocab = 300
+    logits = np.full(vocab, rest)
+    logits[SCATTERED] = STAT_LOGITS + (np.log(0.9) if np.isfinite(rest) else 0.0)
+    probs = scipy.special.softmax(logits)
+    draws = np.asarray(jax.jit(categorical)(
+        jax.random.key(3), jnp.broadcast_to(jnp.asarray(logits, jnp.float32), (STAT_ROWS, vocab))))
+    assert draws.dtype == np.int32 and draws.min() >= 0 and draws.max() < vocab
+    counts = np.bincount(draws, minlength=vocab)
+    bins = np.append(counts[SCATTERED], STAT_ROWS - counts[SCATTERED].sum()) / STAT_ROWS
+    target = np.append(probs[SCATTERED], 1 - probs[SCATTERED].sum())
+    if not np.isfinite(rest):
+        assert bins[-1] == 0
+    tv = 0.5 * np.abs(bins - target).sum()
+    assert tv < 0.03, (tv, bins, target)
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.99])
+def test_top_p_bisection_keeps_the_sorted_nucleus_of_a_large_vocabulary(top_p):
+    """top_p_filter's bisection over order keys against the sort-based float64 reference, on
+    4 rows of 5,000 logits (negative and positive, one row of -inf holes), and a cut inside a
+    group of tied logits keeps the whole group."""
+    logits = np.random.default_rng(0).standard_normal((4, 5000)) * 3
+    logits[1, ::3] = -np.inf
+    x = jnp.asarray(logits, jnp.float32)
+    support = nucleus_support(np.asarray(x, np.float64), 1.0, 0, top_p)
+    np.testing.assert_array_equal(np.isfinite(np.asarray(jax.jit(top_p_filter, static_argnums=1)(
+        x, top_p))), support)
+    # p = (e^2, e, e, e, 1) / 16.54: mass before the first 1 is 0.447 < 0.5, so 1 is the cut.
+    tied = top_p_filter(jnp.asarray([[2.0, 1.0, 1.0, 1.0, 0.0]]), 0.5)
+    np.testing.assert_array_equal(np.isfinite(np.asarray(tied)), [[True] * 4 + [False]])
+
+
+def test_filters_compile_to_xla_top_k_or_bisection_not_a_sort_of_the_vocabulary():
+    """top_k_filter and filter_logits read the k-th largest logit without slicing TopK's output
+    (XLA turns a slice of it into a full sort, 100x slower at V = 151,936 on CPU); top-p alone
+    sorts nothing either."""
+    x = jnp.zeros((4, 4096))
+    for fn in (lambda x: top_k_filter(x, 50), lambda x: filter_logits(x, 1.0, 50),
+               lambda x: filter_logits(x, 1.0, 50, 0.9)):
+        hlo = jax.jit(fn).lower(x).compile().as_text()
+        assert '"TopK"' in hlo and " sort(" not in hlo
+    assert " sort(" not in jax.jit(lambda x: filter_logits(x, 1.0, 0, 0.9)).lower(
+        x).compile().as_text()
 
 
 def test_greedy_is_argmax_of_the_raw_logits():

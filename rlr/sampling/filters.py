@@ -1,13 +1,17 @@
 """Logit filters and token sampling: temperature, top-k, top-p (nucleus), greedy.
 
 Pure functions on logits [B, V] (float32). A filter returns logits of the same shape with the
-tokens it removes set to -inf, so `jax.random.categorical` samples from the renormalised rest.
+tokens it removes set to -inf, so `categorical` samples from the renormalised rest.
 `filter_logits` applies them in the order temperature -> top-k -> top-p (the order of Hugging
 Face's default logits warpers): top-p's nucleus is measured on the tempered, top-k-truncated
 distribution.
 
 Ties: a filter keeps every token whose logit equals its threshold, so top-k can keep more than k
 tokens (and top-p more than the smallest set) when logits tie exactly at the cut.
+
+Cost a token at B rows and a vocabulary of V (Qwen2.5: V = 151,936): `categorical` draws
+Gumbel noise for V / VOCAB_BLOCK + VOCAB_BLOCK values a row, not V; top-k runs XLA's TopK;
+top-p without top-k finds its cut by bisection (32 masked sums over the row); nothing sorts V.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 NEG_INF = -jnp.inf
+VOCAB_BLOCK = 128  # logits a block in `categorical`'s first draw (divides 151,936 and 49,152)
 
 
 def apply_temperature(logits: jax.Array, temperature: float) -> jax.Array:
@@ -42,6 +47,15 @@ def _nucleus_threshold(sorted_logits: jax.Array, top_p: float) -> jax.Array:
     return jnp.take_along_axis(sorted_logits, num_kept - 1, axis=-1)
 
 
+def _kth_largest(top_values: jax.Array) -> jax.Array:
+    """The last of `lax.top_k`'s values [B, k], as [B, 1].
+
+    A min over the k values, not top_values[:, -1:]: XLA (CPU, jax 0.10) rewrites a slice of
+    TopK's output into a sort of the whole row, 100x slower at B = 64, V = 151,936.
+    """
+    return jnp.min(top_values, axis=-1, keepdims=True)
+
+
 def top_k_filter(logits: jax.Array, top_k: int) -> jax.Array:
     """Keep the top_k largest logits of each row, -inf elsewhere (Fan et al. 2018).
 
@@ -51,19 +65,39 @@ def top_k_filter(logits: jax.Array, top_k: int) -> jax.Array:
         raise ValueError(f"top_k={top_k}: expected >= 1")
     if top_k >= logits.shape[-1]:
         return logits
-    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-    return _mask_below(logits, kth)
+    return _mask_below(logits, _kth_largest(jax.lax.top_k(logits, top_k)[0]))
+
+
+def _order_keys(logits: jax.Array) -> jax.Array:
+    """uint32 keys in the order of the float32 logits (the radix-sort key: a negative float's
+    bits all flipped, a non-negative one's sign bit set), so key_i > key_j iff x_i > x_j."""
+    bits = jax.lax.bitcast_convert_type(logits.astype(jnp.float32), jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
 
 
 def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
     """Nucleus filter (Holtzman et al. 2020): keep the smallest set of most likely tokens whose
-    probability sum is >= top_p (at least one token), -inf elsewhere. 0 < top_p <= 1."""
+    probability sum is >= top_p (at least one token), -inf elsewhere. 0 < top_p <= 1.
+
+    Kept: x_i >= v, v the smallest logit with S(v) < top_p, S(k) = sum of p_j over x_j > k.
+    Found without sorting the row: S is non-increasing, so m = max{k : S(k) >= top_p} over the
+    order keys (`_order_keys`) is built bit by bit, 32 masked sums over the row, and the kept
+    tokens are those with key > m. 10x faster than a sort on CPU at B = 64, V = 151,936.
+    """
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p}: expected 0 < top_p <= 1")
     if top_p == 1:
         return logits
-    sorted_logits = -jnp.sort(-logits, axis=-1)
-    return _mask_below(logits, _nucleus_threshold(sorted_logits, top_p))
+    probs = jax.nn.softmax(logits, axis=-1)
+    keys = _order_keys(logits)
+
+    def set_bit(bit, heavy):  # heavy [B, 1]: the largest key prefix k found with S(k) >= top_p
+        candidate = heavy | jnp.left_shift(jnp.uint32(1), (31 - bit).astype(jnp.uint32))
+        mass_above = jnp.sum(jnp.where(keys > candidate, probs, 0.0), axis=-1, keepdims=True)
+        return jnp.where(mass_above >= top_p, candidate, heavy)
+
+    heavy = jax.lax.fori_loop(0, 32, set_bit, jnp.zeros(logits.shape[:-1] + (1,), jnp.uint32))
+    return jnp.where(keys > heavy, logits, NEG_INF)
 
 
 def filter_logits(logits: jax.Array, temperature: float, top_k: int = 0,
@@ -76,11 +110,32 @@ def filter_logits(logits: jax.Array, temperature: float, top_k: int = 0,
     logits = apply_temperature(logits, temperature)
     if 0 < top_k < logits.shape[-1]:
         top_values = jax.lax.top_k(logits, top_k)[0]  # [B, k], sorted descending
-        threshold = top_values[:, -1:]
+        threshold = _kth_largest(top_values)
         if top_p < 1:
             threshold = _nucleus_threshold(top_values, top_p)
         return _mask_below(logits, threshold)
     return top_p_filter(logits, top_p)
+
+
+def categorical(rng: jax.Array, logits: jax.Array) -> jax.Array:
+    """One draw from softmax(logits) a row: logits [B, V] -> [B] int32, exactly distributed.
+
+    Gumbel-max (Gumbel 1954; Maddison et al. 2014) in two levels over blocks of VOCAB_BLOCK
+    logits (the last padded with -inf): a block j ~ softmax_j(logsumexp(x_block j)), then a
+    token i of block j ~ softmax_i(x_i). P(i) = (Z_j / Z)(exp(x_i) / Z_j) = softmax(x)_i, with
+    Z_j = sum over block j of exp(x_i) and Z = sum_j Z_j. Noise for V / VOCAB_BLOCK +
+    VOCAB_BLOCK values a row instead of V (jax.random.categorical): 25x faster on CPU at B = 64,
+    V = 151,936. Rows need one finite logit.
+    """
+    rows, vocab = logits.shape
+    num_blocks = -(-vocab // VOCAB_BLOCK)
+    blocks = jnp.pad(logits, ((0, 0), (0, num_blocks * VOCAB_BLOCK - vocab)),
+                     constant_values=NEG_INF).reshape(rows, num_blocks, VOCAB_BLOCK)
+    block_rng, token_rng = jax.random.split(rng)
+    block = jax.random.categorical(block_rng, jax.nn.logsumexp(blocks, axis=-1), axis=-1)  # [B]
+    chosen = jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0]  # [B, VOCAB_BLOCK]
+    token = jax.random.categorical(token_rng, chosen, axis=-1)
+    return (block * VOCAB_BLOCK + token).astype(jnp.int32)
 
 
 def sample_tokens(logits: jax.Array, rng: jax.Array, temperature: float, top_k: int = 0,
@@ -88,9 +143,8 @@ def sample_tokens(logits: jax.Array, rng: jax.Array, temperature: float, top_k: 
     """One token per row of logits [B, V] -> [B] int32.
 
     temperature == 0 is greedy decoding (argmax of the raw logits; filters do not matter);
-    otherwise a draw from softmax(filter_logits(logits)) with jax.random.categorical.
+    otherwise a draw from softmax(filter_logits(logits)) (`categorical`).
     """
     if temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    filtered = filter_logits(logits, temperature, top_k, top_p)
-    return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+    return categorical(rng, filter_logits(logits, temperature, top_k, top_p))
