@@ -146,9 +146,10 @@ def test_saved_bytes_formulas_by_hand():
 
 @pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (2, 1, 4)])
 def test_kv_cache_matches_sampler_cache(mesh_shape):
-    """The cache `generate` builds: its global [L, N, KVH, P + R, Dh] shape and, from the
-    sharding constraints the sampler puts on it, its per-device shard; the token loop's
-    per-layer buffers [N, KVH, P + R, Dh] hold the same bytes."""
+    """The cache `generate` builds, from the sharding constraints the sampler puts on it after
+    the prefill: stacked [L, N, KVH, P + R, Dh] for the scanned model, L per-layer buffers
+    [N, KVH, P + R, Dh] (and no stacked one) for the unrolled default; either way its
+    per-device bytes are kv_cache_bytes."""
     config = get_config("tiny")
     mesh = make_mesh(*mesh_shape)
     model = Transformer(config)
@@ -156,24 +157,22 @@ def test_kv_cache_matches_sampler_cache(mesh_shape):
                           abstract_params(lambda: model.init(
                               jax.random.key(0), jnp.zeros((1, 4), jnp.int32),
                               jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), bool))["params"])[0])
-    prompts, prompt_len = 4, 8
-    sampling = SamplingConfig(max_new_tokens=6, num_samples=2)
+    prompts, prompt_len, samples, new = 4, 8, 2, 6
     tokens = jnp.zeros((prompts, prompt_len), jnp.int32)
     mask = jnp.ones((prompts, prompt_len), bool)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
-        jaxpr = jax.make_jaxpr(lambda p, t, m, k: generate(model, p, t, m, k, sampling, mesh))(
-            params, tokens, mask, jax.random.key(0))
-    constrained = [(e.invars[0].aval, e.params["sharding"]) for e in jaxpr.jaxpr.eqns
-                   if e.primitive.name == "sharding_constraint"]
-    stacked = [c for c in constrained if c[0].ndim == 5]
-    per_layer = [c for c in constrained if c[0].ndim == 4]
-    assert len(stacked) == 2 and len(per_layer) == 2 * config.num_layers  # k and v
-    rows, slots = prompts * sampling.num_samples, prompt_len + sampling.max_new_tokens
+    rows, slots = prompts * samples, prompt_len + new
     shape = (config.num_layers, rows, config.num_kv_heads, slots, config.head_dim)
     itemsize = jnp.dtype(config.dtype).itemsize
-    assert all(aval.shape == shape for aval, _ in stacked)
-    assert all(aval.shape == shape[1:] for aval, _ in per_layer)
-    for caches in (stacked, per_layer):
+    for unstack, expected_shape, count in ((False, shape, 2), (True, shape[1:],
+                                                                2 * config.num_layers)):
+        sampling = SamplingConfig(max_new_tokens=new, num_samples=samples, unstack_layers=unstack)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+            jaxpr = jax.make_jaxpr(lambda p, t, m, k: generate(model, p, t, m, k, sampling, mesh))(
+                params, tokens, mask, jax.random.key(0))
+        caches = [(e.invars[0].aval, e.params["sharding"]) for e in jaxpr.jaxpr.eqns
+                  if e.primitive.name == "sharding_constraint"
+                  and e.invars[0].aval.shape in (shape, shape[1:])]
+        assert [aval.shape for aval, _ in caches] == [expected_shape] * count  # k and v
         per_device = sum(math.prod(sharding.shard_shape(aval.shape)) * itemsize
                          for aval, sharding in caches)
         assert kv_cache_bytes(config, rows, slots, mesh) == per_device

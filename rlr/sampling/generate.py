@@ -10,9 +10,9 @@ Per call, for prompts [B, P] (left-padded, mask [B, P]) and n = num_samples:
      times (rows of one prompt are contiguous: [p0 s0..s(n-1), p1 s0, ...]);
   3. sample token 0 from the prefill's last-position logits, then loop: feed the last token at
      slot P + t - 1, take the logits of that one position [B*n, V] and sample token t. The loop
-     ends after max_new tokens or as soon as every row has finished. The loop runs the model
-     with its layers unrolled on a per-layer copy of the weights and a per-layer cache
-     (SamplingConfig.unstack_layers).
+     ends after max_new tokens or as soon as every row has finished.
+Prefill and loop run the model with its layers unrolled, on a per-layer copy of the weights and
+a per-layer cache (SamplingConfig.unstack_layers, the default), or the scanned model.
 A row finishes after an EOS id or the last token of a stop sequence (both kept, mask True);
 after that it emits pad_id with mask False and log-prob 0, while the other rows go on.
 
@@ -58,11 +58,11 @@ class SamplingConfig:
     written after a row has finished (its mask is False). num_tokens: sample only ids below it
     (the tokenizer's vocabulary, when the model's embedding is padded larger: a padding id
     never decodes); 0 = every id. Log-probs stay those of the full (unmasked) policy.
-    unstack_layers: run the token loop on a per-layer copy of the weights in the compute dtype
-    (rlr.models.decoder.unstack_layers) and a per-layer KV cache (unstack_cache), made once a
-    call: no copy of every layer's weights and cache out of the stacked arrays at every token,
-    for the memory of one more model in the compute dtype. False: the scanned model, sliced
-    every token.
+    unstack_layers: run the prefill and the token loop on a per-layer copy of the weights in the
+    compute dtype (rlr.models.decoder.unstack_layers), made once a call, and a per-layer KV
+    cache (unstack_cache): no copy of every layer's weights and cache out of the stacked arrays
+    at every token, for the memory of one more model in the compute dtype and a longer compile
+    (the layers unrolled). False: the scanned model, sliced every token.
     """
 
     temperature: float = 1.0
@@ -176,16 +176,23 @@ def _emit(state: _LoopState, logits: jax.Array, rng: jax.Array,
 
 def _prefill(model, params, tokens, mask, repeats: int, total_slots: int, mesh):
     """Run the prompts [B, P] through the model once; return (last-position logits [B*n, V],
-    cache of `total_slots` slots with each prompt's rows repeated n times)."""
+    cache of `total_slots` slots with each prompt's rows repeated n times), the cache stacked
+    for a scanned model and per layer for an unrolled one."""
     batch, length = tokens.shape
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
     cache = init_cache(model.config, batch, length)
+    if not model.scan_layers:
+        cache = unstack_cache(cache)
     hidden, cache = model.apply({"params": params}, tokens, positions, mask, cache=cache,
                                 cache_index=0)
     logits = last_token_logits(hidden, lm_head_weight(params, model.config))
-    pad = ((0, 0), (0, 0), (0, 0), (0, total_slots - length), (0, 0))
-    cache = KVCache(*(jnp.repeat(jnp.pad(x, pad), repeats, axis=1) for x in cache))
-    return jnp.repeat(logits, repeats, axis=0), _constrain_cache(cache, mesh)
+
+    def extend(x):  # [(L,) B, KVH, P, Dh] -> [(L,) B*n, KVH, total_slots, Dh]
+        slots = [(0, 0)] * x.ndim
+        slots[-2] = (0, total_slots - length)
+        return jnp.repeat(jnp.pad(x, slots), repeats, axis=x.ndim - 4)
+
+    return jnp.repeat(logits, repeats, axis=0), _constrain_cache(jax.tree.map(extend, cache), mesh)
 
 
 def generate(model, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Array,
@@ -210,16 +217,16 @@ def generate(model, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Arra
     prompt_len = prompt_tokens.shape[1]
     rows = prompt_tokens.shape[0] * n
 
-    logits, cache = _prefill(model, params, prompt_tokens, prompt_mask, n, prompt_len + new, mesh)
-    prompt_tokens = jnp.repeat(prompt_tokens, n, axis=0)
-    prompt_mask = jnp.repeat(prompt_mask, n, axis=0)
-    next_position = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)  # [N]: RoPE position of token 0
-    attention = jnp.concatenate([prompt_mask, jnp.ones((rows, new), bool)], axis=1)  # [N, P+R]
     decoder, decoder_params = model, params
     if config.unstack_layers:
         decoder = model.clone(scan_layers=False)
         decoder_params = unstack_layers(params, model.config.dtype)
-        cache = _constrain_cache(unstack_cache(cache), mesh)
+    logits, cache = _prefill(decoder, decoder_params, prompt_tokens, prompt_mask, n,
+                             prompt_len + new, mesh)
+    prompt_tokens = jnp.repeat(prompt_tokens, n, axis=0)
+    prompt_mask = jnp.repeat(prompt_mask, n, axis=0)
+    next_position = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)  # [N]: RoPE position of token 0
+    attention = jnp.concatenate([prompt_mask, jnp.ones((rows, new), bool)], axis=1)  # [N, P+R]
     weight = lm_head_weight(decoder_params, model.config)
 
     state = _LoopState(
