@@ -306,6 +306,23 @@ def test_top_p_bisection_keeps_the_sorted_nucleus_of_a_large_vocabulary(top_p):
     np.testing.assert_array_equal(np.isfinite(np.asarray(tied)), [[True] * 4 + [False]])
 
 
+@pytest.mark.parametrize("k", [1, 7, 50])
+def test_top_k_over_the_best_blocks_equals_lax_top_k(k):
+    """_top_k_values (TopK over block maxima, then over the best blocks' logits) returns
+    lax.top_k's values exactly: random rows, rows of few distinct values (ties across blocks),
+    -inf holes and a vocabulary that leaves the last block partial."""
+    from rlr.sampling.filters import TOP_K_BLOCK, _top_k_values
+
+    rng = np.random.default_rng(k)
+    vocab = 61 * TOP_K_BLOCK + 5
+    random_rows = rng.standard_normal((3, vocab)) * 3
+    tied_rows = rng.integers(0, 4, (3, vocab)).astype(float)
+    holes = np.where(rng.random((2, vocab)) < 0.9, -np.inf, rng.standard_normal((2, vocab)))
+    x = jnp.asarray(np.concatenate([random_rows, tied_rows, holes]), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(jax.jit(_top_k_values, static_argnums=1)(x, k)),
+                                  np.asarray(jax.lax.top_k(x, k)[0]))
+
+
 def test_filters_compile_to_xla_top_k_or_bisection_not_a_sort_of_the_vocabulary():
     """top_k_filter and filter_logits read the k-th largest logit without slicing TopK's output
     (XLA turns a slice of it into a full sort, 100x slower at V = 151,936 on CPU); top-p alone

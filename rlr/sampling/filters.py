@@ -10,8 +10,9 @@ Ties: a filter keeps every token whose logit equals its threshold, so top-k can 
 tokens (and top-p more than the smallest set) when logits tie exactly at the cut.
 
 Cost a token at B rows and a vocabulary of V (Qwen2.5: V = 151,936): `categorical` draws
-Gumbel noise for V / VOCAB_BLOCK + VOCAB_BLOCK values a row, not V; top-k runs XLA's TopK;
-top-p without top-k finds its cut by bisection (32 masked sums over the row); nothing sorts V.
+Gumbel noise for V / VOCAB_BLOCK + VOCAB_BLOCK values a row, not V; top-k runs XLA's TopK on
+V / TOP_K_BLOCK block maxima and k * TOP_K_BLOCK candidates; top-p without top-k finds its cut
+by bisection (32 masked sums over the row); nothing sorts V.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 
 NEG_INF = -jnp.inf
 VOCAB_BLOCK = 128  # logits a block in `categorical`'s first draw (divides 151,936 and 49,152)
+TOP_K_BLOCK = 32  # logits a block in `_top_k_values`' first pass
 
 
 def apply_temperature(logits: jax.Array, temperature: float) -> jax.Array:
@@ -47,6 +49,32 @@ def _nucleus_threshold(sorted_logits: jax.Array, top_p: float) -> jax.Array:
     return jnp.take_along_axis(sorted_logits, num_kept - 1, axis=-1)
 
 
+def _pad_to_blocks(logits: jax.Array, block: int) -> jax.Array:
+    """logits [B, V] -> [B, ceil(V / block), block], the last block padded with -inf."""
+    rows, vocab = logits.shape
+    num_blocks = -(-vocab // block)
+    return jnp.pad(logits, ((0, 0), (0, num_blocks * block - vocab)),
+                   constant_values=NEG_INF).reshape(rows, num_blocks, block)
+
+
+def _top_k_values(logits: jax.Array, k: int) -> jax.Array:
+    """The k largest logits of each row [B, k], sorted descending, exactly those of
+    `lax.top_k(logits, k)`, from two small TopKs instead of one over V.
+
+    Split the row into blocks of TOP_K_BLOCK and keep the k blocks with the largest maxima. They
+    hold k logits >= mu, the smallest of their maxima, and every logit outside them is <= mu, so
+    the k largest of their k * TOP_K_BLOCK logits are the row's k largest (ties included). On
+    CPU at B = 64, V = 151,936: 5x faster than lax.top_k at k = 50, 2x at k = 200.
+    """
+    rows, vocab = logits.shape
+    if k * TOP_K_BLOCK >= vocab:
+        return jax.lax.top_k(logits, k)[0]
+    blocks = _pad_to_blocks(logits, TOP_K_BLOCK)
+    best = jax.lax.top_k(jnp.max(blocks, axis=-1), k)[1]  # [B, k] block indices
+    candidates = jnp.take_along_axis(blocks, best[:, :, None], axis=1).reshape(rows, -1)
+    return jax.lax.top_k(candidates, k)[0]
+
+
 def _kth_largest(top_values: jax.Array) -> jax.Array:
     """The last of `lax.top_k`'s values [B, k], as [B, 1].
 
@@ -65,7 +93,7 @@ def top_k_filter(logits: jax.Array, top_k: int) -> jax.Array:
         raise ValueError(f"top_k={top_k}: expected >= 1")
     if top_k >= logits.shape[-1]:
         return logits
-    return _mask_below(logits, _kth_largest(jax.lax.top_k(logits, top_k)[0]))
+    return _mask_below(logits, _kth_largest(_top_k_values(logits, top_k)))
 
 
 def _order_keys(logits: jax.Array) -> jax.Array:
@@ -105,11 +133,12 @@ def filter_logits(logits: jax.Array, temperature: float, top_k: int = 0,
     """temperature -> top-k -> top-p on logits [B, V]; top_k = 0 and top_p = 1 are off.
 
     With both top-k and top-p on, the nucleus is computed on the k sorted values that
-    `lax.top_k` returns (the same result as top_p_filter(top_k_filter(x)), without sorting V).
+    `_top_k_values` returns (the same result as top_p_filter(top_k_filter(x)), without sorting
+    V).
     """
     logits = apply_temperature(logits, temperature)
     if 0 < top_k < logits.shape[-1]:
-        top_values = jax.lax.top_k(logits, top_k)[0]  # [B, k], sorted descending
+        top_values = _top_k_values(logits, top_k)  # [B, k], sorted descending
         threshold = _kth_largest(top_values)
         if top_p < 1:
             threshold = _nucleus_threshold(top_values, top_p)
@@ -127,10 +156,7 @@ def categorical(rng: jax.Array, logits: jax.Array) -> jax.Array:
     VOCAB_BLOCK values a row instead of V (jax.random.categorical): 25x faster on CPU at B = 64,
     V = 151,936. Rows need one finite logit.
     """
-    rows, vocab = logits.shape
-    num_blocks = -(-vocab // VOCAB_BLOCK)
-    blocks = jnp.pad(logits, ((0, 0), (0, num_blocks * VOCAB_BLOCK - vocab)),
-                     constant_values=NEG_INF).reshape(rows, num_blocks, VOCAB_BLOCK)
+    blocks = _pad_to_blocks(logits, VOCAB_BLOCK)
     block_rng, token_rng = jax.random.split(rng)
     block = jax.random.categorical(block_rng, jax.nn.logsumexp(blocks, axis=-1), axis=-1)  # [B]
     chosen = jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0]  # [B, VOCAB_BLOCK]
