@@ -163,8 +163,8 @@ class RolloutSampling:
     top_k: int = 0  # keep the k most likely tokens (0: off)
     top_p: float = 1.0  # nucleus mass (1: off)
     num_samples: int = 4  # responses a prompt (the GRPO / RLOO group)
-    # decode on a per-layer copy of the policy's weights (compute dtype) and KV cache (faster;
-    # one more model of memory while sampling); False: the scanned model (SamplingConfig)
+    # prefill and decode on a per-layer copy of the policy's weights (compute dtype) and KV
+    # cache (faster; one more model of memory while sampling); False: the scanned model
     unstack_layers: bool = True
 
 
