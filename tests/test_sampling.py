@@ -304,6 +304,9 @@ def test_top_p_bisection_keeps_the_sorted_nucleus_of_a_large_vocabulary(top_p):
     # p = (e^2, e, e, e, 1) / 16.54: mass before the first 1 is 0.447 < 0.5, so 1 is the cut.
     tied = top_p_filter(jnp.asarray([[2.0, 1.0, 1.0, 1.0, 0.0]]), 0.5)
     np.testing.assert_array_equal(np.isfinite(np.asarray(tied)), [[True] * 4 + [False]])
+    # p = (e, 1, 1, 1/e) / 5.09: 0.534 before the zeros < 0.6, so 0 is the cut; -0.0 ties +0.0.
+    zeros = top_p_filter(jnp.asarray([[1.0, 0.0, -0.0, -1.0]]), 0.6)
+    np.testing.assert_array_equal(np.isfinite(np.asarray(zeros)), [[True] * 3 + [False]])
 
 
 @pytest.mark.parametrize("k", [1, 7, 50])

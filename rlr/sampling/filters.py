@@ -98,8 +98,10 @@ def top_k_filter(logits: jax.Array, top_k: int) -> jax.Array:
 
 def _order_keys(logits: jax.Array) -> jax.Array:
     """uint32 keys in the order of the float32 logits (the radix-sort key: a negative float's
-    bits all flipped, a non-negative one's sign bit set), so key_i > key_j iff x_i > x_j."""
-    bits = jax.lax.bitcast_convert_type(logits.astype(jnp.float32), jnp.uint32)
+    bits all flipped, a non-negative one's sign bit set), so key_i > key_j iff x_i > x_j; -0.0
+    is read as +0.0 first, the two zeros being one value (a tie) to a comparison."""
+    x = logits.astype(jnp.float32)
+    bits = jax.lax.bitcast_convert_type(jnp.where(x == 0, 0.0, x), jnp.uint32)
     return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
 
 
