@@ -23,7 +23,7 @@ from rlr.parallel import DEFAULT_RULES, make_mesh, param_shardings
 from rlr.parallel.memory import (MemoryEstimate, estimate_memory, kv_cache_bytes, mesh_sizes,
                                  optimizer_state_bytes, param_bytes, saved_bytes_per_token)
 from rlr.parallel.mesh import abstract_params
-from rlr.sampling.generate import SamplingConfig, generate
+from rlr.sampling.generate import Sampler, SamplingConfig, generate
 from rlr.train import sft_step
 from rlr.train.optim import OptimConfig, make_optimizer
 from rlr.train.state import abstract_train_state
@@ -116,14 +116,19 @@ def test_estimate_parts_compose():
     acts = [estimate_memory(CONFIG, **kw, remat=r).activations for r in ("none", "dots", "full")]
     assert acts[0] > acts[1] > acts[2]
     assert estimate_memory(CONFIG, (1, 2, 1), 8, 64).activations > plain.activations
-    # Sampling: the cache counts there, not in the training peak.
-    cached = estimate_memory(CONFIG, **kw, kv_cache=(16, 96))
+    # Sampling (8 prompts of 32 slots x 2 samples of 64 tokens): counted there, not in training.
+    cached = estimate_memory(CONFIG, **kw, rollout=(8, 32, 64, 2))
     assert cached.kv_cache == kv_cache_bytes(CONFIG, 16, 96, (1, 2, 1)) > 0
-    assert cached.decode_weights == p_lm and plain.decode_weights == 0  # float32 compute
-    bf16 = estimate_memory(CONFIG.replace(dtype=jnp.bfloat16), **kw, kv_cache=(16, 96))
-    assert bf16.decode_weights == p_lm // 2
+    assert plain.kv_cache == plain.decode_weights == plain.sampler_activations == 0
+    # The per-layer copy: float32 compute copies the layers only (gathered over fsdp);
+    # bfloat16 compute casts every weight.
+    layers = param_bytes(CONFIG) - param_bytes(CONFIG.replace(num_layers=0))
+    assert cached.decode_weights == layers
+    bf16 = estimate_memory(CONFIG.replace(dtype=jnp.bfloat16), **kw, rollout=(8, 32, 64, 2))
+    assert bf16.decode_weights == param_bytes(CONFIG) // 2
+    assert cached.sampler_activations > 0
     assert cached.sampling == (cached.params + cached.optimizer_state + cached.kv_cache
-                               + cached.decode_weights)
+                               + cached.decode_weights + cached.sampler_activations)
     assert cached.total == max(cached.training, cached.sampling)
     assert "activations" in cached.summary()
 
@@ -177,6 +182,36 @@ def test_kv_cache_matches_sampler_cache(mesh_shape):
                          for aval, sharding in caches)
         assert kv_cache_bytes(config, rows, slots, mesh) == per_device
     assert kv_cache_bytes(config, rows, slots) == 2 * math.prod(shape) * itemsize
+
+
+@pytest.mark.parametrize("mesh_shape,prompts,prompt_len,samples,changes", [
+    ((1, 1, 1), 32, 256, 1, {}),  # long prompts: the prefill's [b, N, P, P] scores dominate
+    ((1, 2, 2), 32, 256, 1, {}),
+    ((2, 2, 2), 16, 16, 4, dict(vocab_size=16384)),  # the token loop's logits dominate
+    ((1, 1, 4), 8, 16, 1, dict(hidden_size=512, intermediate_size=2048, num_heads=8,
+                               num_kv_heads=4)),  # weights dominate, split over tensor
+])
+def test_sampling_estimate_within_20_percent_of_compiled_sampler(mesh_shape, prompts, prompt_len,
+                                                                 samples, changes):
+    """estimate_memory(rollout=...).sampling (optimizer "sgd": no state) against XLA's memory
+    analysis of the compiled Sampler (arguments + outputs + temporaries - aliased, per device)."""
+    config = CONFIG.replace(**changes)
+    mesh = make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
+    model = Transformer(config)
+    shapes, _ = abstract_params(lambda: model.init(
+        jax.random.key(0), jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 4), jnp.int32),
+        jnp.ones((1, 4), bool))["params"])
+    params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          shapes, param_shardings(model, mesh))
+    new = 16
+    sampler = Sampler(model, SamplingConfig(max_new_tokens=new, num_samples=samples), mesh)
+    tokens, mask = sampler.prepare(np.ones((prompts, prompt_len), np.int32),
+                                   np.ones((prompts, prompt_len), bool))
+    memory = sampler.lower(params, tokens, mask, jax.random.key(0)).compile().memory_analysis()
+    compiled = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+    est = estimate_memory(config, mesh, optimizer="sgd", rollout=(prompts, prompt_len, new, samples))
+    assert 0.8 < est.sampling / compiled < 1.2, (est.summary(), compiled)
 
 
 def test_mesh_sizes_and_errors():

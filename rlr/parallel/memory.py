@@ -9,8 +9,9 @@ into the parts that a person can act on:
     optimizer_state   Adam's two moments (or the state of any optax transformation)
     gradients         one params-shaped gradient tree (the largest model's)
     activations       what the backward pass keeps (per remat policy) + its working set
-    kv_cache          the sampler's key/value cache, when asked
+    kv_cache          the sampler's key/value cache, when a rollout is given
     decode_weights    the sampler's per-layer copy of the weights (compute dtype), with it
+    sampler_activations  the sampler's prefill (attention scores, MLP) or logits, with it
 
 Sharding follows the logical-axis rules (rlr/parallel/rules.py): a parameter dimension named
 `embed` is split over fsdp, `heads` / `mlp` / `vocab` over tensor, and so on; activations are
@@ -51,6 +52,12 @@ BACKWARD_WORKING_SET = {"none": 1.0, "full": 1.25, "dots": 0.8}
 # float32 [rows, chunk, V] buffers alive at once in the backward of one log-prob chunk
 # (logits, softmax, their cotangent).
 LOGIT_BUFFERS = 3
+# The sampler's prefill (rlr.sampling.generate: the prompts through the unrolled layers, XLA's
+# attention, rlr.models.decoder.cached_attention), fitted to XLA:CPU's memory analysis of
+# rlr.sampling.Sampler (float32; tests/test_memory.py): float32 [b, N, P, P] score buffers alive
+# at the peak of a layer's attention, and next to its MLP's [b, P, F] buffers at the MLP's peak.
+PREFILL_ATTENTION_SCORES = 2.5
+PREFILL_MLP_SCORES, PREFILL_MLP_BUFFERS = 1.5, 2.6
 
 
 def mesh_sizes(mesh: MeshLike) -> dict[str, int]:
@@ -181,6 +188,59 @@ def kv_cache_bytes(config: ModelConfig, rows: int, slots: int, mesh: MeshLike = 
     return 2 * config.num_layers * _split(rows, row_shards) * slots * heads * config.head_dim * itemsize
 
 
+def decode_weight_bytes(config: ModelConfig, mesh: MeshLike = None, rules=DEFAULT_RULES) -> int:
+    """Bytes per device of the sampler's per-layer weight copy (rlr.models.unstack_layers, made
+    inside each generate call): every layer's weights in the compute dtype (slices of the stacked
+    arrays are new buffers), gathered whole over fsdp (split over tensor only), and the other
+    weights (embedding, final norm, LM head) only when casting them to the compute dtype makes
+    a copy (param dtype != compute dtype).
+
+    Not counted: with fsdp > 1, XLA (0.10, CPU) gathers the stacked layers whole and then
+    slices them, so the compiled sampler holds about two full copies of the layers a device
+    (a 4-layer D=512 model: 127 MB a device at fsdp=4 against 115 MB on one device).
+    """
+    sizes = dict(mesh_sizes(mesh), fsdp=1)
+    shapes, specs = abstract_model_params(config.replace(param_dtype=config.dtype), "lm")
+    layers = _tree_bytes(shapes["layers"], specs["layers"], sizes, rules)
+    if jnp.dtype(config.param_dtype) == jnp.dtype(config.dtype):
+        return layers
+    return _tree_bytes(shapes, specs, sizes, rules)
+
+
+def sampler_activation_bytes(config: ModelConfig, mesh: MeshLike, prompts: int, prompt_len: int,
+                             rows: int) -> int:
+    """Peak bytes per device of what a generate call computes besides its params, weight copy and
+    KV cache: the larger of its prefill and its token loop,
+
+      prefill = max(c_a S, c_s S + c_m M)   S = 4 b N' P^2  (float32 attention scores)
+                                            M = a b P F'    (one MLP activation)
+      decode  = LOGIT_BUFFERS * 4 r V'      (float32 logits of one token and the sampling
+                                            filters' buffers)
+
+    b = ceil(prompts / (data fsdp)) prompts of P = prompt_len slots (the bucket), r =
+    ceil(rows / (data fsdp)) rows (prompts x samples), N', F', V' the heads, MLP width and
+    vocabulary over tensor, a the compute itemsize; c_a = PREFILL_ATTENTION_SCORES, c_s, c_m =
+    PREFILL_MLP_SCORES, PREFILL_MLP_BUFFERS. The prefill term grows as P^2: a batch of long
+    prompts needs more memory to prefill than its whole KV cache. On a mesh that splits the
+    embedding (fsdp or tensor > 1), add V D a: XLA's SPMD partitioner gathers the whole table
+    for the token lookup (it logs "Involuntary full rematerialization").
+    """
+    sizes = mesh_sizes(mesh)
+    shards = _axis_shards(BATCH_AXES, sizes)
+    w = _layer_widths(config, sizes["tensor"])
+    a = jnp.dtype(config.dtype).itemsize
+    b = _split(prompts, shards)
+    scores = 4 * b * w["N"] * prompt_len ** 2
+    mlp = a * b * prompt_len * w["F"]
+    prefill = max(PREFILL_ATTENTION_SCORES * scores,
+                  PREFILL_MLP_SCORES * scores + PREFILL_MLP_BUFFERS * mlp)
+    decode = LOGIT_BUFFERS * 4 * _split(rows, shards) * _split(config.vocab_size, sizes["tensor"])
+    gathered = 0
+    if sizes["fsdp"] * sizes["tensor"] > 1:  # the token lookup gathers the sharded embedding
+        gathered = config.vocab_size * config.hidden_size * a
+    return int(max(prefill, decode) + gathered)
+
+
 def _layer_widths(config: ModelConfig, tensor: int) -> dict[str, int]:
     """Per-token widths of one layer's activations on one device: D (residual stream, whole on
     every device), Nd = N Dh and Kd = KVH Dh (query and key/value heads), F (MLP), N, KVH."""
@@ -264,8 +324,8 @@ def activation_bytes(config: ModelConfig, mesh: MeshLike, batch: int, seq_len: i
 @dataclasses.dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes per device, by part. `training` is the peak of an update step, `sampling` that of
-    generation (params of every model, optimizer state kept alive, the KV cache and the
-    sampler's per-layer weight copy)."""
+    generation (params of every model, optimizer state kept alive, the KV cache, the sampler's
+    per-layer weight copy and its prefill / logits working set)."""
 
     params: int
     optimizer_state: int
@@ -273,6 +333,7 @@ class MemoryEstimate:
     activations: int
     kv_cache: int
     decode_weights: int
+    sampler_activations: int
     batch_inputs: int
 
     @property
@@ -281,7 +342,8 @@ class MemoryEstimate:
 
     @property
     def sampling(self) -> int:
-        return self.params + self.optimizer_state + self.kv_cache + self.decode_weights
+        return (self.params + self.optimizer_state + self.kv_cache + self.decode_weights
+                + self.sampler_activations)
 
     @property
     def total(self) -> int:
@@ -298,7 +360,8 @@ class MemoryEstimate:
 def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int = 1,
                     seq_len: int = 1024, *, optimizer: Any = "adamw", remat: Optional[str] = None,
                     with_critic: bool = False, with_reference: bool = False,
-                    reference_dtype: Any = None, kv_cache: Optional[tuple[int, int]] = None,
+                    reference_dtype: Any = None,
+                    rollout: Optional[tuple[int, int, int, int]] = None,
                     chunk_size: int = 128, donate: bool = True,
                     rules=DEFAULT_RULES) -> MemoryEstimate:
     """Bytes per device of a training step of `model_config` (an LM-head policy) on `mesh`:
@@ -309,9 +372,12 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
                         alive at once (rlr.train.ppo_step applies one before computing the other)
       activations     = activation_bytes(lm) (>= the score head's, which has no logits)
       batch_inputs    = 4 int32/bool arrays [rows, T] (tokens, positions, masks)
-      kv_cache        = kv_cache_bytes(rows, slots) for kv_cache=(rows, slots), else 0
-      decode_weights  = P(lm) stored in the compute dtype, with kv_cache (the sampler's per-layer
-                        weight copy, SamplingConfig.unstack_layers), else 0
+    and of a rollout (prompts, prompt_len, new_tokens, samples): `prompts` prompts in a bucket
+    of `prompt_len` slots, `samples` responses of `new_tokens` each (else these three are 0):
+      kv_cache            = kv_cache_bytes(prompts x samples, prompt_len + new_tokens)
+      decode_weights      = decode_weight_bytes (the sampler's per-layer weight copy,
+                            SamplingConfig.unstack_layers)
+      sampler_activations = sampler_activation_bytes (prefill scores and MLP, or logits)
 
     P = param_bytes; P_ref = P(lm) with params stored in `reference_dtype` (default the param
     dtype; bfloat16 halves it and, with bfloat16 compute, changes no number). Without `donate`, the step writes new params and optimizer state next to
@@ -336,14 +402,16 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
         params += trained
         opt *= 2
     rows = _split(batch, _axis_shards(BATCH_AXES, sizes))
-    cache = decode_weights = 0
-    if kv_cache is not None:
-        cache = kv_cache_bytes(model_config, *kv_cache, mesh=sizes)
-        decode_weights = param_bytes(model_config.replace(param_dtype=model_config.dtype), sizes,
-                                     "lm", rules)
+    cache = decode_weights = sampler = 0
+    if rollout is not None:
+        prompts, prompt_len, new_tokens, samples = rollout
+        cache = kv_cache_bytes(model_config, prompts * samples, prompt_len + new_tokens, sizes)
+        decode_weights = decode_weight_bytes(model_config, sizes, rules)
+        sampler = sampler_activation_bytes(model_config, sizes, prompts, prompt_len,
+                                           prompts * samples)
     return MemoryEstimate(
         params=params, optimizer_state=opt, gradients=max(policy, critic),
         activations=activation_bytes(model_config, sizes, batch, seq_len, remat, chunk_size,
                                      rules=rules),
-        kv_cache=cache, decode_weights=decode_weights,
+        kv_cache=cache, decode_weights=decode_weights, sampler_activations=sampler,
         batch_inputs=rows * seq_len * (4 + 4 + 1 + 1))
