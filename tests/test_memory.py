@@ -120,12 +120,14 @@ def test_estimate_parts_compose():
     cached = estimate_memory(CONFIG, **kw, rollout=(8, 32, 64, 2))
     assert cached.kv_cache == kv_cache_bytes(CONFIG, 16, 96, (1, 2, 1)) > 0
     assert plain.kv_cache == plain.decode_weights == plain.sampler_activations == 0
-    # The per-layer copy: float32 compute copies the layers only (gathered over fsdp);
-    # bfloat16 compute casts every weight.
-    layers = param_bytes(CONFIG) - param_bytes(CONFIG.replace(num_layers=0))
-    assert cached.decode_weights == layers
+    # The per-layer copy, gathered over fsdp (fsdp=2: plus the sharded slices it is gathered
+    # from): float32 compute copies the layers only, bfloat16 compute casts every weight.
+    def layers(mesh):
+        return param_bytes(CONFIG, mesh) - param_bytes(CONFIG.replace(num_layers=0), mesh)
+
+    assert cached.decode_weights == layers(None) + layers((1, 2, 1))
     bf16 = estimate_memory(CONFIG.replace(dtype=jnp.bfloat16), **kw, rollout=(8, 32, 64, 2))
-    assert bf16.decode_weights == param_bytes(CONFIG) // 2
+    assert bf16.decode_weights == (param_bytes(CONFIG) + p_lm) // 2
     assert cached.sampler_activations > 0
     assert cached.sampling == (cached.params + cached.optimizer_state + cached.kv_cache
                                + cached.decode_weights + cached.sampler_activations)
@@ -190,6 +192,7 @@ def test_kv_cache_matches_sampler_cache(mesh_shape):
     ((2, 2, 2), 16, 16, 4, dict(vocab_size=16384)),  # the token loop's logits dominate
     ((1, 1, 4), 8, 16, 1, dict(hidden_size=512, intermediate_size=2048, num_heads=8,
                                num_kv_heads=4)),  # weights dominate, split over tensor
+    ((1, 4, 1), 8, 16, 1, dict(hidden_size=512, intermediate_size=2048)),  # ... over fsdp
 ])
 def test_sampling_estimate_within_20_percent_of_compiled_sampler(mesh_shape, prompts, prompt_len,
                                                                  samples, changes):

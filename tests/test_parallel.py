@@ -11,7 +11,7 @@ from hf_fixtures import random_rlr_params
 from rlr.models import Transformer, get_config
 from rlr.models.hf_io import load_hf_checkpoint, save_hf_checkpoint
 from rlr.parallel import (DEFAULT_RULES, init_model_params, make_mesh, param_shardings,
-                          shard_batch)
+                          rules_without, shard_batch)
 
 CONFIG = get_config("tiny")
 B, T = 4, 12
@@ -98,3 +98,12 @@ def test_imported_checkpoint_lands_in_param_shardings(params, mesh, tmp_path):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     spec = loaded["layers"]["attn"]["o_proj"]["kernel"].sharding.spec
     assert spec == P(None, "tensor", None, "fsdp")
+
+
+def test_rules_without_an_axis_keeps_the_rest():
+    rules = (("embed", "fsdp"), ("vocab", "tensor"), ("act_batch", ("data", "fsdp")),
+             ("both", ("fsdp", "tensor")), ("none", None))
+    assert rules_without(rules, "fsdp") == (("embed", None), ("vocab", "tensor"),
+                                            ("act_batch", "data"), ("both", "tensor"),
+                                            ("none", None))
+    assert rules_without(rules, "pod") == rules

@@ -190,21 +190,19 @@ def kv_cache_bytes(config: ModelConfig, rows: int, slots: int, mesh: MeshLike = 
 
 def decode_weight_bytes(config: ModelConfig, mesh: MeshLike = None, rules=DEFAULT_RULES) -> int:
     """Bytes per device of the sampler's per-layer weight copy (rlr.models.unstack_layers, made
-    inside each generate call): every layer's weights in the compute dtype (slices of the stacked
-    arrays are new buffers), gathered whole over fsdp (split over tensor only), and the other
-    weights (embedding, final norm, LM head) only when casting them to the compute dtype makes
-    a copy (param dtype != compute dtype).
-
-    Not counted: with fsdp > 1, XLA (0.10, CPU) gathers the stacked layers whole and then
-    slices them, so the compiled sampler holds about two full copies of the layers a device
-    (a 4-layer D=512 model: 127 MB a device at fsdp=4 against 115 MB on one device).
+    inside each generate call), in the compute dtype: every layer's weights (slices of the
+    stacked arrays are new buffers), and the other weights (embedding, final norm, LM head) only
+    when casting them makes a copy (param dtype != compute dtype). On a mesh the copy is
+    gathered whole over fsdp (rlr.sampling.generate), and with fsdp > 1 the sharded slices it is
+    gathered from count too (XLA keeps them: 81 MB a device at fsdp=4 for a 4-layer D=512 model
+    whose gathered copy is 50 MB and its slices 12.5 MB, tests/test_memory.py).
     """
-    sizes = dict(mesh_sizes(mesh), fsdp=1)
+    sizes = mesh_sizes(mesh)
     shapes, specs = abstract_model_params(config.replace(param_dtype=config.dtype), "lm")
-    layers = _tree_bytes(shapes["layers"], specs["layers"], sizes, rules)
     if jnp.dtype(config.param_dtype) == jnp.dtype(config.dtype):
-        return layers
-    return _tree_bytes(shapes, specs, sizes, rules)
+        shapes, specs = shapes["layers"], specs["layers"]
+    gathered = _tree_bytes(shapes, specs, dict(sizes, fsdp=1), rules)
+    return gathered + (_tree_bytes(shapes, specs, sizes, rules) if sizes["fsdp"] > 1 else 0)
 
 
 def sampler_activation_bytes(config: ModelConfig, mesh: MeshLike, prompts: int, prompt_len: int,

@@ -27,3 +27,16 @@ DEFAULT_RULES = (
 )
 
 BATCH_AXES = ("data", "fsdp")  # the mesh axes a batch dimension is split over
+
+
+def rules_without(rules, mesh_axis: str) -> tuple:
+    """`rules` with `mesh_axis` taken out of every mapping: what it split stays whole (e.g. the
+    sampler's weights gathered over fsdp, split over tensor only)."""
+    def drop(axes):
+        if axes is None or isinstance(axes, str):
+            return None if axes == mesh_axis else axes
+        kept = tuple(a for a in axes if a != mesh_axis)
+        return kept[0] if len(kept) == 1 else (kept or None)
+
+    return tuple((name, drop(axes)) for name, axes in rules)
+

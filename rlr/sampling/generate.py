@@ -11,8 +11,9 @@ Per call, for prompts [B, P] (left-padded, mask [B, P]) and n = num_samples:
   3. sample token 0 from the prefill's last-position logits, then loop: feed the last token at
      slot P + t - 1, take the logits of that one position [B*n, V] and sample token t. The loop
      ends after max_new tokens or as soon as every row has finished.
-Prefill and loop run the model with its layers unrolled, on a per-layer copy of the weights and
-a per-layer cache (SamplingConfig.unstack_layers, the default), or the scanned model.
+Prefill and loop run the model with its layers unrolled, on a per-layer copy of the weights
+(gathered whole over fsdp on a mesh: every token needs every weight) and a per-layer cache
+(SamplingConfig.unstack_layers, the default), or the scanned model.
 A row finishes after an EOS id or the last token of a stop sequence (both kept, mask True);
 after that it emits pad_id with mask False and log-prob 0, while the other rows go on.
 
@@ -39,7 +40,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rlr.models import (KVCache, init_cache, last_token_logits, lm_head_weight, unstack_cache,
                         unstack_layers)
-from rlr.parallel import BATCH_AXES, DEFAULT_RULES, batch_sharding, shard_batch
+from rlr.parallel import (BATCH_AXES, DEFAULT_RULES, batch_sharding, param_shardings,
+                          rules_without, shard_batch)
 from rlr.sampling import filters, stops
 
 MIN_BUCKET = 16
@@ -61,8 +63,9 @@ class SamplingConfig:
     unstack_layers: run the prefill and the token loop on a per-layer copy of the weights in the
     compute dtype (rlr.models.decoder.unstack_layers), made once a call, and a per-layer KV
     cache (unstack_cache): no copy of every layer's weights and cache out of the stacked arrays
-    at every token, for the memory of one more model in the compute dtype and a longer compile
-    (the layers unrolled). False: the scanned model, sliced every token.
+    at every token, for the memory of one more model in the compute dtype (whole over fsdp:
+    rlr.parallel.memory.decode_weight_bytes) and a longer compile (the layers unrolled).
+    False: the scanned model, sliced every token.
     """
 
     temperature: float = 1.0
@@ -145,6 +148,15 @@ def _constrain_cache(cache: KVCache, mesh: Optional[Mesh]) -> KVCache:
     return jax.tree.map(constrain, cache)
 
 
+def _gathered_over_fsdp(decoder, params: Any, mesh: Mesh) -> Any:
+    """The per-layer weights whole over fsdp (split over tensor as before), gathered once a
+    call: every token needs every weight whole, and constrained here XLA gathers each layer's
+    slice once, where otherwise it gathered the stacked weights and sliced them again (two full
+    copies a device)."""
+    rules = rules_without(nn.get_logical_axis_rules() or DEFAULT_RULES, "fsdp")
+    return jax.lax.with_sharding_constraint(params, param_shardings(decoder, mesh, rules))
+
+
 def _emit(state: _LoopState, logits: jax.Array, rng: jax.Array,
           config: SamplingConfig) -> _LoopState:
     """Sample the token of `state.step` from logits [N, V], record it, update stops."""
@@ -221,6 +233,8 @@ def generate(model, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Arra
     if config.unstack_layers:
         decoder = model.clone(scan_layers=False)
         decoder_params = unstack_layers(params, model.config.dtype)
+        if mesh is not None:
+            decoder_params = _gathered_over_fsdp(decoder, decoder_params, mesh)
     logits, cache = _prefill(decoder, decoder_params, prompt_tokens, prompt_mask, n,
                              prompt_len + new, mesh)
     prompt_tokens = jnp.repeat(prompt_tokens, n, axis=0)
