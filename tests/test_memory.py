@@ -4,9 +4,10 @@ The SFT train step (rlr.train.sft_step.train_step, clip + AdamW from rlr.train.o
 from abstract (ShapeDtypeStruct) state and batch on meshes of the 8 simulated CPU devices and
 compiled; its memory analysis gives per-device bytes. Params + optimizer state + batch must
 equal the compiled argument bytes exactly; the estimated training total must be within 20% of
-arguments + outputs + temporaries - aliased. float32 compute: XLA's CPU backend keeps float32
-copies of bfloat16 tensors, so a bfloat16 estimate is checked on a GPU (benchmarks/train_step.py
-prints both), not here.
+arguments + outputs + temporaries - aliased. The sampling estimate (estimate_memory(rollout=...))
+is checked the same way against the compiled rlr.sampling.Sampler. float32 compute: XLA's CPU
+backend keeps float32 copies of bfloat16 tensors, so a bfloat16 estimate is checked on a GPU
+(benchmarks/train_step.py prints both), not here.
 """
 import functools
 import math

@@ -39,4 +39,3 @@ def rules_without(rules, mesh_axis: str) -> tuple:
         return kept[0] if len(kept) == 1 else (kept or None)
 
     return tuple((name, drop(axes)) for name, axes in rules)
-
