@@ -13,7 +13,9 @@ bandwidth measured in this run (a jitted x + 1 over a large array: 2 * nbytes mo
 time is left out, so the roofline is optimistic and "% roofline" conservative.
 
 Peak memory: rlr = the compiled call's argument + output + temporary bytes (XLA's memory
-analysis: params, cache, logits...); HF = torch.cuda.max_memory_allocated over its runs.
+analysis: params, cache, logits...); est = rlr.parallel.memory.estimate_memory(rollout=...)
+.sampling of the same call (the unstacked decode it models; the CPU tests check it in float32,
+this column checks bfloat16); HF = torch.cuda.max_memory_allocated over its runs.
 
     python benchmarks/generate.py                       # 0.5B and 1.5B, batch 64 and 256 (GPU)
     python benchmarks/generate.py --quick               # tiny shapes, runs on a CPU in < 1 min
@@ -38,6 +40,7 @@ import numpy as np  # noqa: E402
 
 from rlr.models import Transformer, get_config, to_hf_config  # noqa: E402
 from rlr.parallel import init_model_params, make_mesh  # noqa: E402
+from rlr.parallel.memory import estimate_memory  # noqa: E402
 from rlr.sampling import Sampler, SamplingConfig  # noqa: E402
 from op_profile import print_row_profile, profile_or_error  # noqa: E402  (benchmarks/op_profile.py)
 from timing import median_seconds  # noqa: E402  (benchmarks/timing.py)
@@ -133,8 +136,12 @@ def bench_rlr(config, params, mesh, batch: int, decode: str, args) -> dict:
         raise RuntimeError(f"rlr generated {generated} tokens, expected {batch * args.new_tokens}")
     call = lambda: jax.block_until_ready(compiled(params, tokens, mask, key))  # noqa: E731
     seconds = median_seconds(call, args.runs)
+    estimate = None
+    if decode == "unstacked":
+        estimate = estimate_memory(config, mesh, optimizer="sgd",
+                                   rollout=(batch, tokens.shape[1], args.new_tokens, 1)).sampling
     row = dict(rlr_tok_s=batch * args.new_tokens / seconds, rlr_s=seconds,
-               rlr_compile_s=compile_s, rlr_peak_bytes=peak)
+               rlr_compile_s=compile_s, rlr_peak_bytes=peak, rlr_est_bytes=estimate)
     if args.profile:
         row.update(profile_or_error(compiled, call))
     return row
@@ -203,7 +210,7 @@ def fmt_bytes(b):
 def print_table(rows, bandwidth):
     print(f"\nmeasured copy bandwidth: {bandwidth / 1e9:.0f} GB/s on {jax.devices()[0].device_kind}")
     header = (f"{'model':<16}{'batch':>6}{'decode':>10}{'rlr tok/s':>12}{'HF tok/s':>11}"
-              f"{'speedup':>9}{'roofline':>11}{'% roof':>8}{'rlr peak':>10}{'HF peak':>9}"
+              f"{'speedup':>9}{'roofline':>11}{'% roof':>8}{'rlr peak':>10}{'est':>8}{'HF peak':>9}"
               f"{'compile':>9}")
     print(header)
     print("-" * len(header))
@@ -212,7 +219,8 @@ def print_table(rows, bandwidth):
         print(f"{r['model']:<16}{r['batch']:>6}{r['decode']:>10}{r['rlr_tok_s']:>12.0f}"
               f"{fmt(r.get('hf_tok_s'), '.0f'):>11}{fmt(speedup, '.1f'):>9}"
               f"{r['roofline_tok_s']:>11.0f}{100 * r['rlr_tok_s'] / r['roofline_tok_s']:>7.1f}%"
-              f"{fmt_bytes(r['rlr_peak_bytes']):>10}{fmt_bytes(r.get('hf_peak_bytes')):>9}"
+              f"{fmt_bytes(r['rlr_peak_bytes']):>10}{fmt_bytes(r.get('rlr_est_bytes')):>8}"
+              f"{fmt_bytes(r.get('hf_peak_bytes')):>9}"
               f"{r['rlr_compile_s']:>8.1f}s")
     for note in sorted({r["hf_note"] for r in rows if r.get("hf_note")}):
         print(note)

@@ -241,7 +241,6 @@ def generate(model, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Arra
     prompt_mask = jnp.repeat(prompt_mask, n, axis=0)
     next_position = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)  # [N]: RoPE position of token 0
     attention = jnp.concatenate([prompt_mask, jnp.ones((rows, new), bool)], axis=1)  # [N, P+R]
-    weight = lm_head_weight(decoder_params, model.config)
 
     state = _LoopState(
         step=jnp.zeros((), jnp.int32), last=jnp.zeros((rows,), jnp.int32),
@@ -259,6 +258,9 @@ def generate(model, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Arra
         positions = (next_position + s.step - 1)[:, None]
         hidden, cache = decoder.apply({"params": decoder_params}, s.last[:, None], positions,
                                       attention, cache=s.cache, cache_index=slot)
+        # The head read inside the loop: a tied embedding's transpose folds into the matmul
+        # here, where one taken outside is a [D, V] copy the loop carries.
+        weight = lm_head_weight(decoder_params, model.config)
         step_logits = nn.with_logical_constraint(last_token_logits(hidden, weight),
                                                  ("act_batch", "act_vocab"))
         return _emit(s._replace(cache=_constrain_cache(cache, mesh)), step_logits, rng, config)
