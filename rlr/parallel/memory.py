@@ -370,16 +370,17 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
                         alive at once (rlr.train.ppo_step applies one before computing the other)
       activations     = activation_bytes(lm) (>= the score head's, which has no logits)
       batch_inputs    = 4 int32/bool arrays [rows, T] (tokens, positions, masks)
-    and of a rollout (prompts, prompt_len, new_tokens, samples): `prompts` prompts in a bucket
-    of `prompt_len` slots, `samples` responses of `new_tokens` each (else these three are 0):
+    and, with rollout=(prompts, prompt_len, new_tokens, samples) (`prompts` prompts in a bucket
+    of `prompt_len` slots, `samples` responses of `new_tokens` each), of sampling (else 0):
       kv_cache            = kv_cache_bytes(prompts x samples, prompt_len + new_tokens)
       decode_weights      = decode_weight_bytes (the sampler's per-layer weight copy,
                             SamplingConfig.unstack_layers)
       sampler_activations = sampler_activation_bytes (prefill scores and MLP, or logits)
 
     P = param_bytes; P_ref = P(lm) with params stored in `reference_dtype` (default the param
-    dtype; bfloat16 halves it and, with bfloat16 compute, changes no number). Without `donate`, the step writes new params and optimizer state next to
-    the old ones: params and optimizer_state of the trained models count twice.
+    dtype; bfloat16 halves it and, with bfloat16 compute, changes no number). Without `donate`,
+    the step writes new params and optimizer state next to the old ones: params and
+    optimizer_state of the trained models count twice.
     `batch` is the number of model rows a step runs (DPO: 2 x pairs; PPO: one minibatch).
     remat: none | full | dots (default: model_config.remat).
     """
