@@ -239,20 +239,13 @@ def compiled_bytes(compiled):
             - m.alias_size_in_bytes)
 
 
-def device_memory_limit():
-    """Bytes jax may allocate on device 0, or None where unknown (CPU)."""
-    import jax
-
-    stats = jax.devices()[0].memory_stats()
-    return None if not stats else stats.get("bytes_limit")
-
-
 def rlr_measure(name: str, shape: Shape, args) -> dict:
     """Compile and time one rlr step; raises on out-of-memory (the caller steps B down)."""
     import flax.linen as nn
     import jax
 
     from rlr.parallel import DEFAULT_RULES, make_mesh
+    from rlr.parallel.memory import device_memory_limit
 
     config = rlr_model_config(name, args)
     mesh = make_mesh()
@@ -306,7 +299,7 @@ def rlr_auto_rows(name: str, step: str, args) -> list[int]:
     import jax.numpy as jnp
 
     from rlr.parallel import make_mesh
-    from rlr.parallel.memory import estimate_memory
+    from rlr.parallel.memory import device_memory_limit, estimate_memory
 
     candidates = rows_candidates(step, None)
     limit = device_memory_limit()

@@ -5,6 +5,7 @@ The policy is a random tiny decoder whose vocabulary is exactly the character to
 (an HF checkpoint written by the test), so anything it samples decodes.
 """
 import json
+import logging
 import os
 
 import jax.numpy as jnp
@@ -204,12 +205,19 @@ def test_rounds_resume_mid_round_from_the_round_file(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
-def test_offline_dpo_learns_the_pairs_and_evaluates(tmp_path, policy_dir):
+def memory_lines(caplog) -> list[str]:
+    return [m for m in caplog.messages if m.startswith("dpo: estimated memory a device: training ")]
+
+
+def test_offline_dpo_learns_the_pairs_and_evaluates(tmp_path, policy_dir, caplog):
     config = _config(dpo_experiment, policy_dir, num_steps=24)
     config.optim.learning_rate, config.optim.warmup_steps = 3e-3, 2
     config.eval.every_steps = 12
     workdir = str(tmp_path / "run")
-    final = dpo.train(config, workdir)
+    with caplog.at_level(logging.INFO, logger="rlr.train.common"):
+        final = dpo.train(config, workdir)
+    # One memory estimate: the pairs have one shape, so the step compiles once.
+    assert len(memory_lines(caplog)) == 1 and "sampling" not in memory_lines(caplog)[0]
     lines = [line for line in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in line]
     assert len(lines) == 24
     first = np.mean([line["rewards/margin"] for line in lines[:4]])
@@ -245,7 +253,7 @@ def test_ipo_on_averaged_logps_hand_value():
     assert float(metrics["logps/chosen"]) == -4.0  # reported summed, whatever the loss reads
 
 
-def test_iterative_ipo_runs_two_rounds_ranked_by_a_reward_model(tmp_path, policy_dir):
+def test_iterative_ipo_runs_two_rounds_ranked_by_a_reward_model(tmp_path, policy_dir, caplog):
     rm_dir = tmp_path / "rm"  # a random outcome reward model: its verdicts always differ
     save_hf_model(make_hf_model("qwen2-score", seed=1, vocab_size=TOKENIZER.vocab_size), rm_dir)
     config = _config(iterative_experiment, policy_dir, num_steps=4, iterations=2, loss="ipo",
@@ -254,7 +262,9 @@ def test_iterative_ipo_runs_two_rounds_ranked_by_a_reward_model(tmp_path, policy
     config.eval.num_problems = 0
     config.data.max_response_len = 24
     workdir = str(tmp_path / "run")
-    final = dpo.train(config, workdir)
+    with caplog.at_level(logging.INFO, logger="rlr.train.common"):
+        final = dpo.train(config, workdir)
+    assert len(memory_lines(caplog)) == 1 and "sampling" in memory_lines(caplog)[0]
     for r in (0, 1):
         pairs = dpo.read_pairs(dpo.round_file(workdir, r))
         assert len(pairs) == 8 and all(p.chosen != p.rejected for p in pairs)

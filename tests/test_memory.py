@@ -10,6 +10,7 @@ backend keeps float32 copies of bfloat16 tensors, so a bfloat16 estimate is chec
 (benchmarks/train_step.py prints both), not here.
 """
 import functools
+import logging
 import math
 
 import flax.linen as nn
@@ -21,11 +22,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rlr.models import Transformer, get_config
 from rlr.parallel import DEFAULT_RULES, make_mesh, param_shardings
-from rlr.parallel.memory import (MemoryEstimate, estimate_memory, kv_cache_bytes, mesh_sizes,
-                                 optimizer_state_bytes, param_bytes, saved_bytes_per_token)
+from rlr.parallel.memory import (MemoryEstimate, device_memory_limit, estimate_memory, format_bytes,
+                                 kv_cache_bytes, mesh_sizes, optimizer_state_bytes, param_bytes,
+                                 saved_bytes_per_token)
 from rlr.parallel.mesh import abstract_params
 from rlr.sampling.generate import Sampler, SamplingConfig, generate
-from rlr.train import sft_step
+from rlr.train import common, sft_step
 from rlr.train.optim import OptimConfig, make_optimizer
 from rlr.train.state import abstract_train_state
 
@@ -107,6 +109,8 @@ def test_estimate_parts_compose():
     assert ppo.params == p_lm + p_score
     assert ppo.optimizer_state == 2 * (p_lm + p_score)
     assert ppo.gradients == max(p_lm, p_score)  # policy and critic gradients not alive at once
+    rewarded = estimate_memory(CONFIG, **kw, with_critic=True, reward_models=2)  # ORM and PRM
+    assert rewarded.params == p_lm + 3 * p_score and rewarded.optimizer_state == ppo.optimizer_state
     dpo = estimate_memory(CONFIG, **kw, with_reference=True, reference_dtype=jnp.bfloat16)
     assert dpo.params == p_lm + p_lm // 2 and dpo.optimizer_state == 2 * p_lm
     kept = estimate_memory(CONFIG, **kw, donate=False)
@@ -134,6 +138,9 @@ def test_estimate_parts_compose():
                                + cached.decode_weights + cached.sampler_activations)
     assert cached.total == max(cached.training, cached.sampling)
     assert "activations" in cached.summary()
+    assert plain.brief().startswith(f"training {plain.training / 2 ** 20:.1f} MiB (params ")
+    assert "sampling" not in plain.brief() and "KV cache" in cached.brief()
+    assert format_bytes(3 * 2 ** 30 // 2) == "1.50 GiB" and format_bytes(2 ** 19) == "0.5 MiB"
 
 
 def test_saved_bytes_formulas_by_hand():
@@ -233,3 +240,20 @@ def test_mesh_sizes_and_errors():
     with pytest.raises(ValueError, match="optimizer='lion'"):
         optimizer_state_bytes(CONFIG, None, "lion")
     assert isinstance(estimate_memory(CONFIG), MemoryEstimate)
+
+
+def test_trainer_log_names_the_estimate_and_warns_above_the_device(monkeypatch, caplog):
+    estimate = estimate_memory(CONFIG, (1, 2, 1), 4, 64, rollout=(8, 32, 64, 2))
+    mesh = make_mesh()
+    assert device_memory_limit(mesh.devices.flat[0]) is None  # XLA:CPU does not say
+    with caplog.at_level(logging.INFO, logger="rlr.train.common"):
+        common.log_memory_estimate("sft", estimate, mesh)
+        for limit in (estimate.total, estimate.total - 1):
+            monkeypatch.setattr(common, "device_memory_limit", lambda device, limit=limit: limit)
+            common.log_memory_estimate("sft", estimate, mesh)
+    records = [(r.levelname, r.getMessage()) for r in caplog.records]
+    text = f"sft: estimated memory a device: {estimate.brief()}"
+    assert records[0] == ("INFO", text)
+    assert records[1] == ("INFO", f"{text}; the device has {format_bytes(estimate.total)}")
+    assert records[2][0] == "WARNING"
+    assert records[2][1].startswith(f"{text}: above the device's {format_bytes(estimate.total - 1)}")

@@ -6,6 +6,7 @@ execute; 6 iterations straight equal 3, stop, resume, 3; config errors name the 
 Every run here shares one jitted scoring and one jitted update per setting (module-level jits),
 so only the first run of a setting compiles."""
 import json
+import logging
 import os
 
 import jax
@@ -15,6 +16,7 @@ import pytest
 from rlr.config import ConfigError, load_config
 from rlr.models import Transformer, get_config
 from rlr.parallel import make_mesh
+from rlr.parallel.memory import activation_bytes, kv_cache_bytes, param_bytes
 from rlr.train import common, ppo, sft
 from rlr.train.metrics import read_jsonl
 
@@ -111,7 +113,7 @@ def test_ppo_raises_the_reward_and_logs_metrics_evals_and_samples(sft_dir, tmp_p
     assert os.path.isfile(os.path.join(workdir, common.PARAMS_INFO))  # the policy is exported
 
 
-def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path):
+def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path, caplog):
     mesh = make_mesh()
     score_model = Transformer(get_config("tiny"), head="score")  # a PRM: the SFT decoder, a fresh head
     prm_dir = str(tmp_path / "prm")
@@ -119,7 +121,18 @@ def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path):
     workdir = str(tmp_path / "ppo")
     config = ppo_config(sft_dir, "ppo.py:clip_delta", **{"rewards.prm_source": prm_dir,
                                                         "ppo.num_iterations": 2})
-    ppo.train(config, workdir)
+    with caplog.at_level(logging.INFO, logger="rlr.train.common"):
+        ppo.train(config, workdir)
+    # The start-up memory estimate counts every model of the run: policy and reference (LM
+    # head), critic and PRM (score head); the update's 8-row minibatch; 32 rollout rows.
+    s = common.setup(config)
+    width = ppo.Prompts(s.tokenizer, config.data, ppo.prompt_examples(config.data, "train")).width
+    estimate = ppo.memory_estimate(s, ppo.make_run(config, s), width, 48)
+    p_lm, p_score = param_bytes(s.model_config, mesh), param_bytes(s.model_config, mesh, "score")
+    assert estimate.params == 2 * p_lm + 2 * p_score
+    assert estimate.activations == activation_bytes(s.model_config, mesh, 8, width + 48, "none")
+    assert estimate.kv_cache == kv_cache_bytes(s.model_config, 32, width + 48, mesh)
+    assert f"ppo: estimated memory a device: {estimate.brief()}" in caplog.messages
     lines = train_lines(workdir)
     assert len(lines) == 2
     for line in lines:

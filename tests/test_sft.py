@@ -1,6 +1,7 @@
 """SFT end to end on CPU (tiny model, synthetic task): the loss falls, a stopped and resumed run
 gives the params of a straight one, and the export loads into a score-head model (a reward
 model or critic initialised from the SFT policy)."""
+import logging
 import re
 
 import jax
@@ -12,6 +13,7 @@ from flax import traverse_util
 from rlr.config import ConfigError, load_config
 from rlr.data import synthetic
 from rlr.models import Transformer
+from rlr.parallel.memory import format_bytes, param_bytes
 from rlr.train import common, sft
 from rlr.train.metrics import read_jsonl
 
@@ -70,10 +72,17 @@ def test_loss_falls(straight):
     assert final["loss"] == pytest.approx(losses[-1])
 
 
-def test_resume_gives_the_straight_run(init, straight, tmp_path):
+def test_resume_gives_the_straight_run(init, straight, tmp_path, caplog):
     workdir = str(tmp_path)
-    sft.train(sft_config(TOTAL_STEPS // 2, init), workdir)  # stops (and checkpoints) half way
-    sft.train(sft_config(TOTAL_STEPS, init), workdir)  # resumes from that checkpoint
+    with caplog.at_level(logging.INFO, logger="rlr.train.common"):
+        sft.train(sft_config(TOTAL_STEPS // 2, init), workdir)  # stops (and checkpoints) half way
+        sft.train(sft_config(TOTAL_STEPS, init), workdir)  # resumes from that checkpoint
+    # Each run logs its memory estimate first: params, and AdamW's two moments of them.
+    s = common.setup(sft_config(TOTAL_STEPS))
+    params = param_bytes(s.model_config, s.mesh)
+    parts = f"(params {format_bytes(params)}, optimizer {format_bytes(2 * params)}, "
+    assert [m.startswith("sft: estimated memory a device: training ") and parts in m
+            for m in caplog.messages if "estimated memory" in m] == [True, True]
     steps = [line["step"] for line in read_jsonl(f"{workdir}/metrics.jsonl") if "loss" in line]
     assert steps == list(range(1, TOTAL_STEPS + 1))
     resumed, reference = _flat(_load(workdir)), _flat(_load(straight[0]))

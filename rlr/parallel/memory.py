@@ -60,6 +60,11 @@ PREFILL_ATTENTION_SCORES = 2.5
 PREFILL_MLP_SCORES, PREFILL_MLP_BUFFERS = 1.5, 2.6
 
 
+def format_bytes(size: int) -> str:
+    """"1.50 GiB" from 1 GiB up, else "12.3 MiB"."""
+    return f"{size / GiB:.2f} GiB" if size >= GiB else f"{size / 2 ** 20:.1f} MiB"
+
+
 def mesh_sizes(mesh: MeshLike) -> dict[str, int]:
     """{"data": d, "fsdp": f, "tensor": t} of a Mesh, a dict of some of those names, a
     (data, fsdp, tensor) tuple, or None (one device)."""
@@ -124,6 +129,13 @@ def _tree_bytes(shapes: Any, specs: Any, sizes, rules) -> int:
     leaves, treedef = jax.tree.flatten(shapes)
     spec_leaves = treedef.flatten_up_to(specs)  # one spec (or None) per array, in order
     return sum(_sharded_bytes(x.shape, x.dtype, s, sizes, rules) for x, s in zip(leaves, spec_leaves))
+
+
+def device_memory_limit(device: Optional[jax.Device] = None) -> Optional[int]:
+    """Bytes jax may allocate on `device` (default: the first device): its allocator's
+    memory_stats()["bytes_limit"] on GPU and TPU; None where the backend does not say (CPU)."""
+    stats = (device or jax.devices()[0]).memory_stats()
+    return stats.get("bytes_limit") if stats else None
 
 
 def param_bytes(config: ModelConfig, mesh: MeshLike = None, head: str = "lm",
@@ -348,6 +360,19 @@ class MemoryEstimate:
         """max(training, sampling): what the device must hold at the worst moment of a loop."""
         return max(self.training, self.sampling)
 
+    def brief(self) -> str:
+        """One line: the training peak and its parts, then the sampling peak and its
+        own parts (when a rollout was estimated)."""
+        line = (f"training {format_bytes(self.training)} (params {format_bytes(self.params)}, "
+                f"optimizer {format_bytes(self.optimizer_state)}, gradients "
+                f"{format_bytes(self.gradients)}, activations {format_bytes(self.activations)})")
+        if self.kv_cache:
+            line += (f", sampling {format_bytes(self.sampling)} (KV cache "
+                     f"{format_bytes(self.kv_cache)}, layer weights "
+                     f"{format_bytes(self.decode_weights)}, prefill / logits "
+                     f"{format_bytes(self.sampler_activations)})")
+        return line
+
     def summary(self) -> str:
         """One line a part, in GiB."""
         parts = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -358,13 +383,14 @@ class MemoryEstimate:
 def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int = 1,
                     seq_len: int = 1024, *, optimizer: Any = "adamw", remat: Optional[str] = None,
                     with_critic: bool = False, with_reference: bool = False,
-                    reference_dtype: Any = None,
+                    reference_dtype: Any = None, reward_models: int = 0,
                     rollout: Optional[tuple[int, int, int, int]] = None,
                     chunk_size: int = 128, donate: bool = True,
                     rules=DEFAULT_RULES) -> MemoryEstimate:
     """Bytes per device of a training step of `model_config` (an LM-head policy) on `mesh`:
 
       params          = P(lm) [+ P(score) with_critic] [+ P_ref with_reference]
+                        + reward_models x P(score)   (frozen ORM / PRM of the same config)
       optimizer_state = O(lm) [+ O(score) with_critic]        (optimizer_state_bytes)
       gradients       = max(P(lm), P(score)): the policy's and the critic's gradients are not
                         alive at once (rlr.train.ppo_step applies one before computing the other)
@@ -396,7 +422,7 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
     if with_reference:
         ref_config = model_config.replace(param_dtype=reference_dtype or model_config.param_dtype)
         reference = param_bytes(ref_config, sizes, "lm", rules)
-    params = trained + reference
+    params = trained + reference + reward_models * param_bytes(model_config, sizes, "score", rules)
     if not donate:
         params += trained
         opt *= 2

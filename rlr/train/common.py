@@ -35,6 +35,7 @@ from rlr.data.tokenizer import Tokenizer, load_tokenizer
 from rlr.losses.reward_model import gather_at, last_token_scores
 from rlr.models import ModelConfig, Transformer, lm_head_weight, token_logprobs
 from rlr.parallel import DEFAULT_RULES, init_model_params, make_mesh, param_shardings
+from rlr.parallel.memory import MemoryEstimate, device_memory_limit, format_bytes
 from rlr.rewards.segment import split_steps, step_arrays, step_end_tokens
 from rlr.sampling import Sampler, SamplingConfig
 from rlr.train.checkpoint import (CheckpointError, Checkpointer, abstract_like,
@@ -220,6 +221,23 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         raise ConfigError(f"config.data.tokenizer={tokenizer_path(config)!r} has {tokenizer.vocab_size} "
                           f"ids, more than config.model's vocab_size={model_config.vocab_size}")
     return Setup(mesh, tokenizer, model_config, jax.random.key(config.seed))
+
+
+def log_memory_estimate(trainer: str, estimate: MemoryEstimate, mesh: jax.sharding.Mesh) -> None:
+    """Logs `estimate` (rlr.parallel.memory.estimate_memory: bytes a device) before a step
+    compiles, beside the device's memory where the backend gives it (GPU, TPU); a warning when
+    the estimated peak is above it, so that a plan that cannot fit is known before a long
+    compile ends in an out-of-memory error."""
+    limit = device_memory_limit(mesh.devices.flat[0])
+    text = f"{trainer}: estimated memory a device: {estimate.brief()}"
+    if limit is None:
+        log.info("%s", text)
+    elif estimate.total <= limit:
+        log.info("%s; the device has %s", text, format_bytes(limit))
+    else:
+        log.warning("%s: above the device's %s, expect an out-of-memory error; activations "
+                    "shrink with fewer rows a step or config.model.remat='full', params and "
+                    "optimizer state with a larger config.mesh.fsdp", text, format_bytes(limit))
 
 
 @contextlib.contextmanager

@@ -60,6 +60,7 @@ from rlr.data.builders._io import get_field, parse_jsonl
 from rlr.data.tokenizer import Tokenizer
 from rlr.models import Transformer
 from rlr.parallel import shard_batch
+from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler
 from rlr.train import common, dpo_step
 from rlr.train.metrics import MetricsWriter
@@ -553,12 +554,23 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if sampled and c.refresh_reference and pref.uses_reference:
         state["reference"] = reference
 
+    @functools.cache
+    def log_memory(seq_len: int, rollout: Optional[tuple[int, int, int, int]] = None) -> None:
+        """The memory estimate of a step on pairs of seq_len tokens (once a shape: when it
+        compiles), and of the rounds' sampling."""
+        common.log_memory_estimate("dpo", estimate_memory(
+            s.model_config, s.mesh, 2 * c.batch_size, seq_len, optimizer=optimizer,
+            with_reference=pref.uses_reference, rollout=rollout, chunk_size=c.logprob_chunk),
+            s.mesh)
+
     prompt_length = response_length = None
     if sampled:
         sampling = _sampled_rounds(config, c, s, model, data, train_examples, eval_examples, params,
                                    sample_rng, rm_rng)
         make_round, prompt_length, response_length = sampling[:3]
         held_out = sampling.held_out
+        log_memory(prompt_length + response_length,
+                   (c.sample_batch_size, prompt_length, response_length, c.num_samples))
     else:
         def make_round(r: int, policy_params: Any) -> tuple[list[Pair], dict]:
             return train_pairs, {}
@@ -579,6 +591,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         batch, stats = rounds.batch(i, state["policy"].params)
         if batch is None:  # a sampled round without a single pair: nothing to learn from
             return state, {**stats, "pairs": 0.0}
+        if not sampled:
+            log_memory(batch.prompt_tokens.shape[1] + batch.chosen_tokens.shape[1])
         with common.model_context(s.mesh):
             policy, metrics = step(state["policy"], state.get("reference", reference),
                                    shard_batch(batch, s.mesh))

@@ -51,6 +51,7 @@ from rlr.data.synthetic import repetition_rate
 from rlr.losses.ppo import running_stats_init
 from rlr.models import Transformer
 from rlr.parallel import BATCH_AXES, shard_batch
+from rlr.parallel.memory import MemoryEstimate, estimate_memory
 from rlr.rewards.segment import split_steps
 from rlr.rewards.shaping import RewardSpec
 from rlr.sampling import Sampler
@@ -466,6 +467,21 @@ def make_run(config: ml_collections.ConfigDict, s: common.Setup) -> Run:
                as_optim_config(config.critic_optim) if update_config.use_critic else None, models)
 
 
+def memory_estimate(s: common.Setup, run: Run, prompt_len: int, response_len: int) -> MemoryEstimate:
+    """rlr.parallel.memory's bytes a device of an iteration: the rollout of
+    ppo.prompts_per_iteration x num_samples responses of `response_len` tokens after prompts of
+    `prompt_len` slots, and the update of one minibatch of those rows, with every model of the
+    run alive (policy, reference, critic with GAE, ORM, PRM; all of config.model)."""
+    prompts = run.ppo.prompts_per_iteration
+    return estimate_memory(
+        s.model_config, s.mesh, prompts * run.num_samples // run.ppo.num_minibatches,
+        prompt_len + response_len, optimizer=make_optimizer(run.policy_optim),
+        with_critic=run.update.use_critic, with_reference=True,
+        reward_models=(run.models.orm is not None) + (run.models.prm is not None),
+        rollout=(prompts, prompt_len, response_len, run.num_samples),
+        chunk_size=run.ppo.logprob_chunk)
+
+
 def initial_state(config: ml_collections.ConfigDict, s: common.Setup, run: Run,
                   rng: jax.Array) -> tuple[dict, dict]:
     """(state, frozen params) at the start: state = {policy: TrainState, rng, critic: TrainState
@@ -575,6 +591,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batches = [batch_iterator(prompts.rows, size, config.seed)]
     log.info("ppo: %d train prompts of %d tokens, %d x %d rollouts an iteration, advantage %s",
              len(prompts.examples), prompts.width, size, run.num_samples, run.ppo.advantage)
+    common.log_memory_estimate("ppo", memory_estimate(s, run, prompts.width, data.max_response_len),
+                               s.mesh)
     writer = MetricsWriter(workdir)
     evaluate = make_evaluate(config, s, run.models.policy, writer, eval_rng,
                              run.rewards.step_delimiter)

@@ -23,6 +23,7 @@ from rlr.data.batching import BatchIterator, concat_prompt_response, pack_sequen
 from rlr.data.tokenizer import Tokenizer
 from rlr.models import Transformer
 from rlr.parallel import BATCH_AXES, shard_batch
+from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler
 from rlr.train import common, sft_step
 from rlr.train.metrics import MetricsWriter
@@ -144,6 +145,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = create_train_state(params, optimizer, state_rng)
     rows = sft_rows(s.tokenizer, common.task_examples(data, "train"), data, c.pack_length)
     batches = [batch_iterator(rows, c.batch_size, config.seed)]  # replaced on restore
+    common.log_memory_estimate("sft", estimate_memory(
+        s.model_config, s.mesh, c.batch_size, rows["tokens"].shape[1], optimizer=optimizer,
+        chunk_size=c.chunk_size), s.mesh)
     step = jax.jit(functools.partial(sft_step.train_step, model=model, optimizer=optimizer,
                                      chunk_size=c.chunk_size, aggregation=c.aggregation),
                    donate_argnums=0)
