@@ -27,7 +27,7 @@ from rlr.parallel.memory import (MemoryEstimate, device_memory_limit, estimate_m
                                  saved_bytes_per_token)
 from rlr.parallel.mesh import abstract_params
 from rlr.sampling.generate import Sampler, SamplingConfig, generate
-from rlr.train import common, sft_step
+from rlr.train import common, dpo_step, ppo_step, sft_step
 from rlr.train.optim import OptimConfig, make_optimizer
 from rlr.train.state import abstract_train_state
 
@@ -37,20 +37,29 @@ CONFIG = get_config("tiny", vocab_size=512, hidden_size=128, intermediate_size=3
 STEP_AND_KEY_BYTES = 4 + 8  # TrainState.step (int32) and its threefry key (2 x uint32)
 
 
+def abstract_params_of(model, mesh):
+    """ShapeDtypeStructs of `model`'s params, sharded on `mesh` (nothing allocated)."""
+    shapes, _ = abstract_params(lambda: model.init(
+        jax.random.key(0), jnp.zeros((1, 8), jnp.int32), jnp.zeros((1, 8), jnp.int32),
+        jnp.ones((1, 8), bool))["params"])
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, param_shardings(model, mesh))
+
+
+def rows_of(mesh, shape, dtype):
+    """An abstract array whose rows are split over (data, fsdp)."""
+    spec = P(("data", "fsdp"), *[None] * (len(shape) - 1))
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
+
+
 def compiled_sft_step(config, mesh_shape, batch, seq_len, chunk):
     """(memory analysis, optimizer) of the jitted, state-donating SFT step on a mesh."""
     devices = jax.devices()[:int(np.prod(mesh_shape))]
     mesh = make_mesh(*mesh_shape, devices=devices)
     model = Transformer(config)
     optimizer = make_optimizer(OptimConfig())
-    shapes, _ = abstract_params(lambda: model.init(
-        jax.random.key(0), jnp.zeros((1, 8), jnp.int32), jnp.zeros((1, 8), jnp.int32),
-        jnp.ones((1, 8), bool))["params"])
-    params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          shapes, param_shardings(model, mesh))
-    state = abstract_train_state(params, optimizer, jax.random.key(1))
-    rows = NamedSharding(mesh, P(("data", "fsdp"), None))
-    data = {name: jax.ShapeDtypeStruct((batch, seq_len), dtype, sharding=rows)
+    state = abstract_train_state(abstract_params_of(model, mesh), optimizer, jax.random.key(1))
+    data = {name: rows_of(mesh, (batch, seq_len), dtype)
             for name, dtype in [("tokens", jnp.int32), ("positions", jnp.int32),
                                 ("attention_mask", bool), ("loss_mask", bool)]}
     step = functools.partial(sft_step.train_step, model=model, optimizer=optimizer,
@@ -58,6 +67,45 @@ def compiled_sft_step(config, mesh_shape, batch, seq_len, chunk):
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         compiled = jax.jit(step, donate_argnums=(0,)).lower(state, data).compile()
     return compiled.memory_analysis(), optimizer
+
+
+def compiled_rl_step(step, config, mesh, batch, seq_len, chunk, prompt_len=32, minibatches=4):
+    """XLA's memory analysis (arguments + outputs + temporaries - aliased, bytes a device) of
+    the jitted, state-donating DPO step (batch / 2 pairs) or PPO update (policy and critic,
+    `minibatches` minibatches of `batch` rows) on `mesh`: T = prompt_len + response."""
+    optim = OptimConfig()
+    optimizer = make_optimizer(optim)
+    policy_model = Transformer(config)
+    policy_params = abstract_params_of(policy_model, mesh)
+    policy = abstract_train_state(policy_params, optimizer, jax.random.key(1))
+    response_len = seq_len - prompt_len
+    if step == "dpo":
+        pairs = batch // 2
+        data = dpo_step.PairBatch(*[rows_of(mesh, (pairs, n), dtype) for n in
+                                    (prompt_len, response_len, response_len) for dtype in (jnp.int32, bool)],
+                                  rows_of(mesh, (pairs,), bool))
+        fn = functools.partial(dpo_step.train_step, model=policy_model, optimizer=optimizer,
+                               config=dpo_step.PreferenceConfig(logprob_chunk=chunk))
+        args, donated = (policy, policy_params, data), (0,)
+    else:
+        critic_model = Transformer(config, head="score")
+        critic = abstract_train_state(abstract_params_of(critic_model, mesh), optimizer,
+                                      jax.random.key(2))
+        n = batch * minibatches
+        data = ppo_step.PPOBatch(rows_of(mesh, (n, prompt_len), jnp.int32),
+                                 rows_of(mesh, (n, prompt_len), bool),
+                                 rows_of(mesh, (n, response_len), jnp.int32),
+                                 rows_of(mesh, (n, response_len), bool),
+                                 *[rows_of(mesh, (n, response_len), jnp.float32)] * 5)
+        fn = functools.partial(ppo_step.ppo_update, policy_model=policy_model,
+                               critic_model=critic_model, policy_optim=optim, critic_optim=optim,
+                               config=ppo_step.UpdateConfig(num_minibatches=minibatches,
+                                                            logprob_chunk=chunk), mesh=mesh)
+        args, donated = (policy, critic, None, data, jax.random.key(3)), (0, 1)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        m = jax.jit(fn, donate_argnums=donated).lower(*args).compile().memory_analysis()
+    return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+            - m.alias_size_in_bytes), optimizer
 
 
 @pytest.mark.parametrize("remat,mesh_shape,batch", [
@@ -81,6 +129,21 @@ def test_estimate_matches_compiled_sft_step(remat, mesh_shape, batch):
                 + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
     assert abs(est.training - measured) / measured < 0.2, (est.summary(), measured)
     assert est.total == est.training  # no KV cache asked for
+
+
+@pytest.mark.parametrize("step,remat,mesh_shape,batch,seq_len", [
+    ("dpo", "none", (1, 1, 1), 4, 128),   # the reference's forward beside the policy's pass
+    ("dpo", "full", (1, 4, 1), 8, 128),
+    ("ppo", "none", (1, 1, 1), 8, 256),   # policy and critic: one pass alive at a time
+    ("ppo", "dots", (2, 1, 2), 8, 128),
+])
+def test_estimate_matches_compiled_dpo_step_and_ppo_update(step, remat, mesh_shape, batch, seq_len):
+    config = CONFIG.replace(remat=remat)
+    mesh = make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
+    measured, optimizer = compiled_rl_step(step, config, mesh, batch, seq_len, chunk=64)
+    est = estimate_memory(config, mesh_shape, batch, seq_len, optimizer=optimizer, chunk_size=64,
+                          with_reference=step == "dpo", with_critic=step == "ppo")
+    assert abs(est.training - measured) / measured < 0.2, (est.summary(), measured)
 
 
 def test_param_bytes_by_hand():

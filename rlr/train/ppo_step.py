@@ -17,6 +17,7 @@ process with the same settings reuses the compiled update).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -196,8 +197,10 @@ def ppo_update(policy: TrainState, critic: Optional[TrainState],
     """config.epochs passes over ``batch``, each over config.num_minibatches shuffled minibatches;
     at each minibatch one optimizer step of the policy on ``policy_objective`` and (with a critic)
     one of the critic on ``critic_objective``, with separate optimizers (``make_optimizer`` of
-    ``policy_optim`` / ``critic_optim``). The loop is one ``lax.scan`` over all epochs x
-    minibatches, so the whole update is one compiled program.
+    ``policy_optim`` / ``critic_optim``). The policy's steps are one ``lax.scan`` over all
+    epochs x minibatches, the critic's a second over the same minibatches (the two are
+    independent: a loop body doing both would hold both passes' buffers at once), so the whole
+    update is one compiled program.
 
     Static (bind them, or name them in ``static_argnames``): the models, the OptimConfigs, the
     UpdateConfig and ``mesh`` (minibatch rows are constrained to (data, fsdp) on it; None: no
@@ -216,23 +219,26 @@ def ppo_update(policy: TrainState, critic: Optional[TrainState],
     rows = minibatch_rows(rng, batch.response_tokens.shape[0], config.epochs,
                           config.num_minibatches)
 
-    def step(carry, mb_rows):
-        policy, critic = carry
-        mb = _take_rows(batch, mb_rows, mesh)
-        grads, metrics = jax.grad(policy_objective, has_aux=True)(policy.params, mb,
-                                                                  policy_model, config)
-        policy, grad_norm = apply_gradients(policy, grads, policy_optimizer)
-        out = {f"policy/{k}": v for k, v in metrics.items()}
-        out["policy/grad_norm"] = grad_norm
-        if critic is not None:
-            grads, metrics = jax.grad(critic_objective, has_aux=True)(
-                critic.params, mb, value_stats, critic_model, config)
-            critic, grad_norm = apply_gradients(critic, grads, critic_optimizer)
-            out.update({f"critic/{k}": v for k, v in metrics.items()})
-            out["critic/grad_norm"] = grad_norm
-        return (policy, critic), out
+    def optimizer_steps(state: TrainState, objective, optimizer, prefix: str):
+        """One lax.scan: an optimizer step of `state` on objective(params, minibatch) a
+        minibatch; its metrics and grad_norm under `prefix`/, stacked over the minibatches."""
+        def step(state, mb_rows):
+            grads, metrics = jax.grad(objective, has_aux=True)(
+                state.params, _take_rows(batch, mb_rows, mesh))
+            state, grad_norm = apply_gradients(state, grads, optimizer)
+            return state, {f"{prefix}/{k}": v for k, v in {**metrics, "grad_norm": grad_norm}.items()}
 
-    (policy, critic), stacked = jax.lax.scan(step, (policy, critic), rows)
+        return jax.lax.scan(step, state, rows)
+
+    policy, stacked = optimizer_steps(
+        policy, functools.partial(policy_objective, model=policy_model, config=config),
+        policy_optimizer, "policy")
+    if critic is not None:
+        critic, critic_stacked = optimizer_steps(
+            critic, functools.partial(critic_objective, value_stats=value_stats,
+                                      model=critic_model, config=config),
+            critic_optimizer, "critic")
+        stacked.update(critic_stacked)
     metrics = {k: jnp.mean(v) for k, v in stacked.items()}
     metrics["policy/log_ratio_max"] = jnp.max(stacked["policy/log_ratio_max"])
     metrics["policy/first_log_ratio_max"] = stacked["policy/log_ratio_max"][0]
