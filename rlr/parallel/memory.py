@@ -20,7 +20,7 @@ split over (data, fsdp) along the batch and over tensor along heads and the MLP 
 The activation formulas count the residuals that `jax.vjp` of rlr.models.Transformer saves
 (read with `jax.ad_checkpoint.saved_residuals`) and a working set fitted to XLA's compiled
 memory analysis of rlr.train.sft_step.train_step (tests/test_memory.py checks the total within
-20%). With config.attention == "xla" they describe XLA's attention, which materialises the
+20%, and that of the DPO step and the PPO update). With config.attention == "xla" they describe XLA's attention, which materialises the
 [T, S] score matrix of every head; with "cudnn" (flash attention) the score terms drop out,
 a formula that only a GPU's compiled analysis can check (benchmarks/train_step.py prints both
 side by side). References for the counting:
@@ -392,9 +392,10 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
       params          = P(lm) [+ P(score) with_critic] [+ P_ref with_reference]
                         + reward_models x P(score)   (frozen ORM / PRM of the same config)
       optimizer_state = O(lm) [+ O(score) with_critic]        (optimizer_state_bytes)
-      gradients       = max(P(lm), P(score)): the policy's and the critic's gradients are not
-                        alive at once (rlr.train.ppo_step applies one before computing the other)
-      activations     = activation_bytes(lm) (>= the score head's, which has no logits)
+      gradients       = max(P(lm), P(score)) and
+      activations     = activation_bytes(lm) (>= the score head's, which has no logits): the
+                        policy's and the critic's passes are not alive at once
+                        (rlr.train.ppo_step.ppo_update runs the critic's steps after the policy's)
       batch_inputs    = 4 int32/bool arrays [rows, T] (tokens, positions, masks)
     and, with rollout=(prompts, prompt_len, new_tokens, samples) (`prompts` prompts in a bucket
     of `prompt_len` slots, `samples` responses of `new_tokens` each), of sampling (else 0):
