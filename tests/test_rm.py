@@ -18,8 +18,10 @@ from rlr.data import synthetic
 from rlr.data.tokenizer import CharTokenizer
 from rlr.models import Transformer
 from rlr.parallel import shard_batch
+from rlr.parallel.memory import activation_bytes, param_bytes
 from rlr.train import common, rm, rm_step
 from rlr.train.metrics import read_jsonl
+from rlr.train.optim import make_optimizer
 
 MARK = "??"  # written in place of the result of a corrupted step
 
@@ -141,6 +143,23 @@ def test_bradley_terry_pairs_score_each_response_as_the_orm(orm_run):
     margin = np.asarray(pair["chosen"], np.float64) - np.asarray(pair["rejected"], np.float64)
     assert float(loss) == pytest.approx(np.mean(np.log1p(np.exp(-margin))), rel=1e-5)
     assert float(metrics["accuracy"]) == np.mean(margin > 0) >= 0.85
+
+
+@pytest.mark.parametrize("objective", ["outcome_bce", "bradley_terry"])
+def test_memory_estimate_counts_the_score_head_and_both_sides_of_a_pair(labelled, objective):
+    config = rm_config("orm", labelled)
+    s = common.setup(config)
+    rows = rm.rm_data(config, s.tokenizer, objective).train
+    optimizer = make_optimizer(config.optim)
+    estimate = rm.memory_estimate(s, 16, objective, rows, optimizer)
+    response = rows["chosen_tokens" if objective == "bradley_terry" else "response_tokens"]
+    width = rows["prompt_tokens"].shape[1] + response.shape[1]
+    sequences = 32 if objective == "bradley_terry" else 16  # chosen and rejected
+    params = param_bytes(s.model_config, s.mesh, "score")
+    assert params < param_bytes(s.model_config, s.mesh, "lm")  # the tiny model is untied
+    assert (estimate.params, estimate.gradients) == (params, params)
+    assert estimate.activations == activation_bytes(s.model_config, s.mesh, sequences, width,
+                                                    head="score")
 
 
 @pytest.mark.parametrize("kind", ["orm", "prm"])

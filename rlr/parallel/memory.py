@@ -385,15 +385,16 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
                     with_critic: bool = False, with_reference: bool = False,
                     reference_dtype: Any = None, reward_models: int = 0,
                     rollout: Optional[tuple[int, int, int, int]] = None,
-                    chunk_size: int = 128, donate: bool = True,
+                    chunk_size: int = 128, donate: bool = True, head: str = "lm",
                     rules=DEFAULT_RULES) -> MemoryEstimate:
-    """Bytes per device of a training step of `model_config` (an LM-head policy) on `mesh`:
+    """Bytes per device of a training step of `model_config` on `mesh`, the trained model an
+    LM-head policy (head="lm"), or a score-head reward model trained alone (head="score"):
 
-      params          = P(lm) [+ P(score) with_critic] [+ P_ref with_reference]
+      params          = P(head) [+ P(score) with_critic] [+ P_ref with_reference]
                         + reward_models x P(score)   (frozen ORM / PRM of the same config)
-      optimizer_state = O(lm) [+ O(score) with_critic]        (optimizer_state_bytes)
-      gradients       = max(P(lm), P(score)) and
-      activations     = activation_bytes(lm) (>= the score head's, which has no logits): the
+      optimizer_state = O(head) [+ O(score) with_critic]      (optimizer_state_bytes)
+      gradients       = max(P(head), P(score)) and
+      activations     = activation_bytes(head) (lm: >= the score head's, no logits there): the
                         policy's and the critic's passes are not alive at once
                         (rlr.train.ppo_step.ppo_update runs the critic's steps after the policy's)
       batch_inputs    = 4 int32/bool arrays [rows, T] (tokens, positions, masks)
@@ -413,9 +414,9 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
     """
     sizes = mesh_sizes(mesh)
     remat = model_config.remat if remat is None else remat
-    policy = param_bytes(model_config, sizes, "lm", rules)
+    policy = param_bytes(model_config, sizes, head, rules)
     critic = param_bytes(model_config, sizes, "score", rules) if with_critic else 0
-    opt = optimizer_state_bytes(model_config, sizes, optimizer, "lm", rules)
+    opt = optimizer_state_bytes(model_config, sizes, optimizer, head, rules)
     if with_critic:
         opt += optimizer_state_bytes(model_config, sizes, optimizer, "score", rules)
     trained = policy + critic
@@ -438,6 +439,6 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
     return MemoryEstimate(
         params=params, optimizer_state=opt, gradients=max(policy, critic),
         activations=activation_bytes(model_config, sizes, batch, seq_len, remat, chunk_size,
-                                     rules=rules),
+                                     head, rules),
         kv_cache=cache, decode_weights=decode_weights, sampler_activations=sampler,
         batch_inputs=rows * seq_len * (4 + 4 + 1 + 1))

@@ -48,6 +48,7 @@ from rlr.data.tokenizer import Tokenizer
 from rlr.losses.reward_model import bradley_terry_loss, outcome_bce_loss, process_bce_loss
 from rlr.models import Transformer
 from rlr.parallel import shard_batch
+from rlr.parallel.memory import MemoryEstimate, estimate_memory
 from rlr.rewards.segment import split_steps
 from rlr.rewards.verifier import extract_answer, normalize_answer
 from rlr.sampling import Sampler
@@ -553,6 +554,17 @@ def _best_of_n_eval(config: ml_collections.ConfigDict, s: common.Setup, scorer: 
                      prm_aggregate=c.prm_aggregate, max_steps=c.max_steps)
 
 
+def memory_estimate(s: common.Setup, batch_size: int, objective_name: str, rows: Rows,
+                    optimizer: Any) -> MemoryEstimate:
+    """rlr.parallel.memory's bytes a device of a step of the score-head model on `batch_size`
+    rows of `rows`' width (Bradley-Terry: two sequences a pair, chosen and rejected)."""
+    responses = rows["chosen_tokens" if objective_name == "bradley_terry" else "response_tokens"]
+    sequences = batch_size * (2 if objective_name == "bradley_terry" else 1)
+    return estimate_memory(s.model_config, s.mesh, sequences,
+                           rows["prompt_tokens"].shape[1] + responses.shape[1],
+                           optimizer=optimizer, head="score")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train the reward model of config.rm on its data in `workdir` (resuming from its newest
     checkpoint), evaluate on the held-out questions, export the params; returns the final
@@ -571,6 +583,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           f"{_num_rows(data.train)} training rows")
     optimizer = make_optimizer(config.optim)
     state = create_train_state(params, optimizer, state_rng)
+    common.log_memory_estimate("rm", memory_estimate(s, c.batch_size, name, data.train, optimizer),
+                               s.mesh)
     batches = [row_batches(data.train, c.batch_size, config.seed)]  # replaced on restore
     step = jax.jit(functools.partial(rm_step.train_step, model=model, optimizer=optimizer,
                                      objective=name), donate_argnums=0)
