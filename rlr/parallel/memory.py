@@ -20,11 +20,11 @@ split over (data, fsdp) along the batch and over tensor along heads and the MLP 
 The activation formulas count the residuals that `jax.vjp` of rlr.models.Transformer saves
 (read with `jax.ad_checkpoint.saved_residuals`) and a working set fitted to XLA's compiled
 memory analysis of rlr.train.sft_step.train_step (tests/test_memory.py checks the total within
-20%, and that of the DPO step and the PPO update). With config.attention == "xla" they describe XLA's attention, which materialises the
-[T, S] score matrix of every head; with "cudnn" (flash attention) the score terms drop out,
-a formula that only a GPU's compiled analysis can check (benchmarks/train_step.py prints both
-side by side). References for the counting:
-Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models") and
+20%, and those of the DPO step, the PPO update and the ORM step). With config.attention == "xla"
+they describe XLA's attention, which materialises the [T, S] score matrix of every head; with
+"cudnn" (flash attention) the score terms drop out, a formula that only a GPU's compiled
+analysis can check (benchmarks/train_step.py prints both side by side). References for the
+counting: Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models") and
 Rajbhandari et al. 2020 (ZeRO: optimizer states and gradients sharded with the parameters).
 """
 from __future__ import annotations
