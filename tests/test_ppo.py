@@ -120,7 +120,8 @@ def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path, caplog):
     common.export_params(prm_dir, common.load_params(score_model, sft_dir, mesh, jax.random.key(3)))
     workdir = str(tmp_path / "ppo")
     config = ppo_config(sft_dir, "ppo.py:clip_delta", **{"rewards.prm_source": prm_dir,
-                                                        "ppo.num_iterations": 2})
+                                                        "ppo.num_iterations": 2,
+                                                        "ppo.scoring_slices": 4})
     with caplog.at_level(logging.INFO, logger="rlr.train.common"):
         ppo.train(config, workdir)
     # The start-up memory estimate counts every model of the run: policy and reference (LM
@@ -186,6 +187,8 @@ def test_config_errors_name_the_key(tmp_path):
         ppo.train(ppo_config(unused, "ppo.py:prm"), str(tmp_path))
     with pytest.raises(ConfigError, match=r"config\.ppo\.num_minibatches=3"):
         ppo.train(ppo_config(unused, **{"ppo.num_minibatches": 3}), str(tmp_path))
+    with pytest.raises(ConfigError, match=r"config\.ppo\.scoring_slices=3: must divide the 32"):
+        ppo.train(ppo_config(unused, **{"ppo.scoring_slices": 3}), str(tmp_path))
     with pytest.raises(ConfigError, match=r"config\.ppo\.reference='emma'"):
         ppo.train(ppo_config(unused, **{"ppo.reference": "emma"}), str(tmp_path))
     with pytest.raises(ConfigError, match=r"experiments/ppo\.py:prm_clipp: unknown variant"):

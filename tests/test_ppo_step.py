@@ -8,12 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec
 
 import reference_np as ref
 from rlr.data.synthetic import final_answer_correct
 from rlr.data.tokenizer import CharTokenizer
 from rlr.losses.ppo import RunningMeanStd
 from rlr.models import Transformer, get_config, lm_head_weight
+from rlr.parallel import make_mesh
 from rlr.rewards.shaping import RewardSpec
 from rlr.sampling import Rollout
 from rlr.train import common, ppo
@@ -189,6 +191,36 @@ def test_score_rollout_gae_matches_unpadded_forwards_and_numpy(rollout, host, ga
     assert float(out.value_stats.count) == 10 + mask.sum()
     np.testing.assert_allclose(float(out.metrics["accuracy"]), 0.5)
     np.testing.assert_allclose(float(out.metrics["reward/total"]), rewards.sum(1).mean(), atol=1e-5)
+
+
+@pytest.mark.parametrize("row_slices", [2, 4])
+def test_score_rollout_in_row_slices_equals_one_pass(rollout, host, gae_scored, row_slices):
+    params, whole = gae_scored  # checked against numpy above
+    config = ScoringConfig(advantage="gae", gamma=0.9, gae_lambda=0.8, group_size=GROUP,
+                           value_norm=True, row_slices=row_slices)
+    stats = RunningMeanStd(jnp.float32(10.0), jnp.float32(0.5), jnp.float32(4.0))
+    spec = RewardSpec(success_weight=1.0, orm_weight=0.5, prm_weight=0.7, prm_transform="clip_delta",
+                      prm_eta=0.6, kl_coef=0.1)
+    sliced = ppo.score(params, rollout, jax.tree.map(jnp.asarray, host[0]), stats,
+                       models=Models(LM, SCORE, SCORE, SCORE), spec=spec, config=config)
+    # Equal within float32 rounding (a matmul over fewer rows may round differently).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                                                         atol=1e-5), sliced, whole)
+
+
+def test_map_row_slices_takes_every_kth_row_and_restores_the_order():
+    mesh = make_mesh(data=4, fsdp=2, tensor=1)
+    x = jax.device_put(np.arange(32 * 3, dtype=np.float32).reshape(32, 3),
+                       NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None)))
+    # Not row-wise on purpose: each row minus its slice's mean shows which rows share a slice.
+    out = jax.jit(lambda v: common.map_row_slices(lambda s: s - s.mean(axis=0), v, 4))(x)
+    expected = np.asarray(x).copy()
+    for k in range(4):
+        expected[k::4] -= expected[k::4].mean(axis=0)
+    np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5)
+    assert out.sharding.is_equivalent_to(x.sharding, 2)
+    square = common.map_row_slices(lambda s: {"sq": s ** 2}, x, 8)  # row-wise: the same as whole
+    np.testing.assert_array_equal(np.asarray(square["sq"]), np.asarray(x) ** 2)
 
 
 def test_score_rollout_grpo_group_advantages(rollout, host):

@@ -452,6 +452,24 @@ class SequenceBatch(NamedTuple):
         return self.tokens.shape[1] - self.response_tokens.shape[1]
 
 
+def map_row_slices(fn: Callable[[Any], Any], rows: Any, num_slices: int) -> Any:
+    """fn(rows) computed on `num_slices` slices of the rows in turn (lax.map), the outputs joined
+    back in row order: the peak memory of one slice, for a row-wise fn (every output row depends
+    on its input row only). Slice k holds rows k, k + num_slices, k + 2 num_slices, ..., so on a
+    mesh whose devices hold blocks of rows each slice keeps rows on every device (no transfer).
+    Every leaf of `rows` and of the outputs has the row axis first; it must divide by num_slices."""
+    if num_slices == 1:
+        return fn(rows)
+
+    def split(x):  # [N, ...] -> [num_slices, N / num_slices, ...], slice k = rows k::num_slices
+        return x.reshape(x.shape[0] // num_slices, num_slices, *x.shape[1:]).swapaxes(0, 1)
+
+    def join(y):  # the inverse of split
+        return y.swapaxes(0, 1).reshape(-1, *y.shape[2:])
+
+    return jax.tree.map(join, jax.lax.map(fn, jax.tree.map(split, rows)))
+
+
 def sequence_inputs(prompt_tokens, prompt_mask, response_tokens, response_mask) -> SequenceBatch:
     """The SequenceBatch of left-padded prompts [B, P] and right-padded responses [B, R]
     (jnp; usable inside jit): tokens = [prompt, response], attention_mask = [prompt_mask,

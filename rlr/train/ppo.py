@@ -101,10 +101,12 @@ class PPOConfig:
     aggregation: str = "token_mean"  # token_mean | seq_mean | seq_mean_token_sum
     recompute_logprobs: bool = True  # old log-probs by teacher forcing (else the sampler's)
     logprob_chunk: int = 128  # time chunk of the log-prob computation
+    scoring_slices: int = 1  # the scoring forwards (log-probs, values, ORM / PRM) run on this many row slices in turn; num_minibatches bounds their memory by the update's
 
     def __post_init__(self):
         checks = [
             (self.num_iterations >= 1, "num_iterations", ">= 1"),
+            (self.scoring_slices >= 1, "scoring_slices", ">= 1"),
             (self.prompts_per_iteration >= 1, "prompts_per_iteration", ">= 1"),
             (self.max_prompt_len >= 0, "max_prompt_len", ">= 0"),
             (self.advantage in ADVANTAGES, "advantage", f"one of {ADVANTAGES}"),
@@ -135,7 +137,8 @@ class PPOConfig:
             normalize_advantages=self.normalize_advantages, kl_estimator=self.kl_estimator,
             group_size=group_size, value_norm=self.value_norm,
             recompute_logprobs=self.recompute_logprobs, orm_sigmoid=rewards.orm_sigmoid,
-            prm_sigmoid=rewards.prm_sigmoid, logprob_chunk=self.logprob_chunk)
+            prm_sigmoid=rewards.prm_sigmoid, logprob_chunk=self.logprob_chunk,
+            row_slices=self.scoring_slices)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,13 +426,15 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
 
 def _check_sizes(c: PPOConfig, n: int, mesh) -> None:
     """The prompts of an iteration must divide over the mesh's data x fsdp devices, and the
-    rollout rows into config.ppo.num_minibatches equal minibatches (a minibatch that does
-    not divide over the devices is padded by XLA: it runs, a little less efficiently)."""
+    rollout rows into config.ppo.num_minibatches equal minibatches and config.ppo.scoring_slices
+    equal slices (a minibatch or slice that does not divide over the devices is padded by XLA:
+    it runs, a little less efficiently)."""
     check_batch_size(c.prompts_per_iteration, mesh, "ppo.prompts_per_iteration")
     rows = c.prompts_per_iteration * n
-    if rows % c.num_minibatches:
-        raise ConfigError(f"config.ppo.num_minibatches={c.num_minibatches}: must divide the {rows} "
-                          f"rollout rows (prompts_per_iteration x sampling.num_samples)")
+    for key in ("num_minibatches", "scoring_slices"):
+        if rows % getattr(c, key):
+            raise ConfigError(f"config.ppo.{key}={getattr(c, key)}: must divide the {rows} rollout "
+                              f"rows (prompts_per_iteration x sampling.num_samples)")
 
 
 class Run(NamedTuple):

@@ -130,6 +130,8 @@ class ScoringConfig:
     update's own computation, so the first ratio is exactly 1) instead of the sampler's.
     orm_sigmoid / prm_sigmoid: squash the score head's logit with a sigmoid (a BCE-trained
     ORM / PRM) or use it raw (a Bradley-Terry reward model). logprob_chunk: log-prob time chunk.
+    row_slices: the model forwards (log-probs, values, ORM / PRM scores) run on this many
+    slices of the rows in turn (common.map_row_slices): 1 keeps every row in one pass.
     """
 
     advantage: str = "gae"
@@ -143,6 +145,7 @@ class ScoringConfig:
     orm_sigmoid: bool = True
     prm_sigmoid: bool = True
     logprob_chunk: int = 128
+    row_slices: int = 1
 
     def __post_init__(self):
         if self.advantage not in ADVANTAGES:
@@ -153,6 +156,8 @@ class ScoringConfig:
         if self.advantage == "rloo" and self.group_size < 2:
             raise ValueError(f"config.ppo.advantage='rloo' needs config.sampling.num_samples >= 2, "
                              f"got {self.group_size}")
+        if self.row_slices < 1:
+            raise ValueError(f"config.ppo.scoring_slices={self.row_slices}: expected >= 1")
         if self.value_norm and self.advantage != "gae":
             raise ValueError(f"config.ppo.value_norm=True needs a critic (advantage 'gae'), got "
                              f"advantage={self.advantage!r}")
@@ -220,26 +225,31 @@ def score_rollout(params: dict, rollout: Rollout, host: HostScores,
     fmask = mask.astype(jnp.float32)
     policy_model = models.policy
     metrics = {}
+
+    def forward(fn: Callable[[Any], jax.Array]) -> jax.Array:
+        """fn(seq), a model's forward, on config.row_slices slices of the rows in turn."""
+        return common.map_row_slices(fn, seq, config.row_slices)
+
+    def logprobs(policy_params: Any) -> jax.Array:
+        return forward(lambda s: common.response_logprobs(policy_model, policy_params, s,
+                                                          config.logprob_chunk))
+
     if config.recompute_logprobs:
-        old_logp, _ = common.response_logprobs_and_entropy(policy_model, params["policy"], seq,
-                                                           config.logprob_chunk)
-        old_logp = jnp.where(mask, old_logp, 0.0)
+        old_logp = jnp.where(mask, logprobs(params["policy"]), 0.0)
         gap = jnp.abs(old_logp - rollout.logprobs)
         metrics["rollout/logprob_gap_max"] = jnp.max(jnp.where(mask, gap, 0.0))
     else:
         old_logp = rollout.logprobs.astype(jnp.float32)
-    ref_logp, _ = common.response_logprobs_and_entropy(policy_model, params["ref"], seq,
-                                                       config.logprob_chunk)
-    ref_logp = jnp.where(mask, ref_logp, 0.0)
+    ref_logp = jnp.where(mask, logprobs(params["ref"]), 0.0)
     kl = kl_penalty(old_logp, ref_logp, config.kl_estimator, mask)
 
     orm = prm = None
     if models.orm is not None:
-        scores = common.response_scores(models.orm, params["orm"], seq)
+        scores = forward(lambda s: common.response_scores(models.orm, params["orm"], s))
         orm = _squash(common.outcome_scores(scores, mask), config.orm_sigmoid)
         metrics["orm/score_mean"] = jnp.mean(orm)
     if models.prm is not None:
-        scores = common.response_scores(models.prm, params["prm"], seq)
+        scores = forward(lambda s: common.response_scores(models.prm, params["prm"], s))
         prm = _squash(common.step_scores(scores, host.step_positions), config.prm_sigmoid)
         prm = jnp.where(host.step_mask, prm, 0.0)
         metrics["prm/score_mean"] = masked_mean(prm, host.step_mask)
@@ -254,7 +264,7 @@ def score_rollout(params: dict, rollout: Rollout, host: HostScores,
 
     zeros = jnp.zeros_like(fmask)
     if config.use_critic:
-        values = critic_values(models.critic, params["critic"], seq)
+        values = forward(lambda s: critic_values(models.critic, params["critic"], s))
         if config.value_norm:
             values = running_stats_denormalize(value_stats, values)
         values = jnp.where(mask, values, 0.0)
