@@ -24,10 +24,13 @@ from rlr.models import Transformer, get_config
 from rlr.parallel import DEFAULT_RULES, make_mesh, param_shardings
 from rlr.parallel.memory import (MemoryEstimate, device_memory_limit, estimate_memory, format_bytes,
                                  kv_cache_bytes, mesh_sizes, optimizer_state_bytes, param_bytes,
-                                 saved_bytes_per_token)
+                                 saved_bytes_per_token, scoring_activation_bytes)
 from rlr.parallel.mesh import abstract_params
 from rlr.sampling.generate import Sampler, SamplingConfig, generate
-from rlr.train import common, dpo_step, ppo_step, rm_step, sft_step
+from rlr.rewards.shaping import RewardSpec
+from rlr.sampling import Rollout
+from rlr.train import common, dpo_step, ppo, ppo_step, rm_step, sft_step
+from rlr.train.rollout_scoring import HostScores, Models, ScoringConfig
 from rlr.train.optim import OptimConfig, make_optimizer
 from rlr.train.state import abstract_train_state
 
@@ -162,6 +165,41 @@ def test_estimate_matches_compiled_dpo_ppo_and_rm_steps(step, remat, mesh_shape,
     assert abs(est.training - measured) / measured < 0.2, (est.summary(), measured)
 
 
+def compiled_scoring_temporaries(config, mesh, rows, seq_len, slices, chunk, prompt_len=32):
+    """XLA's temporaries (bytes a device) of PPO's jitted scoring (rlr.train.ppo.score) of
+    `rows` rollout rows in `slices` row slices, with policy, reference, critic, ORM and PRM."""
+    lm, score = Transformer(config), Transformer(config, head="score")
+    params = {name: abstract_params_of(lm if name in ("policy", "ref") else score, mesh)
+              for name in ("policy", "ref", "critic", "orm", "prm")}
+    r = seq_len - prompt_len
+    rollout = Rollout(rows_of(mesh, (rows, prompt_len), jnp.int32),
+                      rows_of(mesh, (rows, prompt_len), bool), rows_of(mesh, (rows, r), jnp.int32),
+                      rows_of(mesh, (rows, r), bool), rows_of(mesh, (rows, r), jnp.float32),
+                      rows_of(mesh, (rows,), jnp.int32))
+    host = HostScores(rows_of(mesh, (rows,), jnp.float32), rows_of(mesh, (rows, 8), jnp.int32),
+                      rows_of(mesh, (rows, 8), bool))
+    config = ScoringConfig(group_size=4, logprob_chunk=chunk, row_slices=slices)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        compiled = ppo.score.lower(params, rollout, host, None, models=Models(lm, score, score, score),
+                                   spec=RewardSpec(orm_weight=1.0, prm_weight=1.0),
+                                   config=config).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("mesh_shape,rows,slices,vocab", [
+    ((1, 1, 1), 32, 1, 512),      # one layer's intermediates dominate
+    ((1, 1, 1), 32, 4, 32768),    # the logits of one chunk dominate
+    ((2, 2, 2), 64, 1, 32768),    # tensor: plus the embedding gathered for the lookup
+    ((2, 2, 2), 64, 4, 512),
+])
+def test_scoring_estimate_within_20_percent_of_compiled_scoring(mesh_shape, rows, slices, vocab):
+    config, seq_len = CONFIG.replace(vocab_size=vocab), 256
+    mesh = make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
+    measured = compiled_scoring_temporaries(config, mesh, rows, seq_len, slices, chunk=64)
+    estimate = scoring_activation_bytes(config, mesh_shape, rows // slices, seq_len, 64)
+    assert abs(estimate - measured) / measured < 0.2, (estimate, measured)
+
+
 def test_param_bytes_by_hand():
     # Unsharded: 4 bytes a parameter of the closed-form count (lm_head untied in "tiny").
     assert param_bytes(CONFIG) == 4 * CONFIG.num_params()
@@ -219,6 +257,11 @@ def test_estimate_parts_compose():
     assert "activations" in cached.summary()
     assert plain.brief().startswith(f"training {plain.training / 2 ** 20:.1f} MiB (params ")
     assert "sampling" not in plain.brief() and "KV cache" in cached.brief()
+    scored = estimate_memory(CONFIG, **kw, scoring=(16, 96))
+    assert scored.scoring_activations == scoring_activation_bytes(CONFIG, (1, 2, 1), 16, 96) > 0
+    assert scored.scoring == scored.params + scored.optimizer_state + scored.scoring_activations
+    assert scored.total == max(scored.training, scored.scoring) and "scoring" in scored.brief()
+    assert plain.scoring_activations == 0 and "scoring" not in plain.brief()
     assert format_bytes(3 * 2 ** 30 // 2) == "1.50 GiB" and format_bytes(2 ** 19) == "0.5 MiB"
 
 

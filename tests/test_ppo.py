@@ -16,7 +16,8 @@ import pytest
 from rlr.config import ConfigError, load_config
 from rlr.models import Transformer, get_config
 from rlr.parallel import make_mesh
-from rlr.parallel.memory import activation_bytes, kv_cache_bytes, param_bytes
+from rlr.parallel.memory import (activation_bytes, kv_cache_bytes, param_bytes,
+                                 scoring_activation_bytes)
 from rlr.train import common, ppo, sft
 from rlr.train.metrics import read_jsonl
 
@@ -125,7 +126,8 @@ def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="rlr.train.common"):
         ppo.train(config, workdir)
     # The start-up memory estimate counts every model of the run: policy and reference (LM
-    # head), critic and PRM (score head); the update's 8-row minibatch; 32 rollout rows.
+    # head), critic and PRM (score head); the update's 8-row minibatch; 32 rollout rows,
+    # scored in 4 slices.
     s = common.setup(config)
     width = ppo.Prompts(s.tokenizer, config.data, ppo.prompt_examples(config.data, "train")).width
     estimate = ppo.memory_estimate(s, ppo.make_run(config, s), width, 48)
@@ -133,6 +135,8 @@ def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path, caplog):
     assert estimate.params == 2 * p_lm + 2 * p_score
     assert estimate.activations == activation_bytes(s.model_config, mesh, 8, width + 48, "none")
     assert estimate.kv_cache == kv_cache_bytes(s.model_config, 32, width + 48, mesh)
+    assert estimate.scoring_activations == scoring_activation_bytes(s.model_config, mesh, 8,
+                                                                    width + 48)  # 32 rows / 4
     assert f"ppo: estimated memory a device: {estimate.brief()}" in caplog.messages
     lines = train_lines(workdir)
     assert len(lines) == 2

@@ -12,6 +12,7 @@ into the parts that a person can act on:
     kv_cache          the sampler's key/value cache, when a rollout is given
     decode_weights    the sampler's per-layer copy of the weights (compute dtype), with it
     sampler_activations  the sampler's prefill (attention scores, MLP) or logits, with it
+    scoring_activations  forwards without gradients over a scored batch (PPO), when asked
 
 Sharding follows the logical-axis rules (rlr/parallel/rules.py): a parameter dimension named
 `embed` is split over fsdp, `heads` / `mlp` / `vocab` over tensor, and so on; activations are
@@ -58,6 +59,9 @@ LOGIT_BUFFERS = 3
 # at the peak of a layer's attention, and next to its MLP's [b, P, F] buffers at the MLP's peak.
 PREFILL_ATTENTION_SCORES = 2.5
 PREFILL_MLP_SCORES, PREFILL_MLP_BUFFERS = 1.5, 2.6
+# A forward without gradients over a batch (rlr.train.rollout_scoring.score_rollout), fitted
+# likewise: a share of one layer's saved residuals, or the float32 logits of one log-prob chunk.
+SCORING_LAYER_SHARE, SCORING_LOGIT_BUFFERS = 0.6, 1.05
 
 
 def format_bytes(size: int) -> str:
@@ -331,11 +335,34 @@ def activation_bytes(config: ModelConfig, mesh: MeshLike, batch: int, seq_len: i
     return int(saved + working + gathered)
 
 
+def scoring_activation_bytes(config: ModelConfig, mesh: MeshLike, rows: int, seq_len: int,
+                             chunk_size: int = 128, rules=DEFAULT_RULES) -> int:
+    """Peak bytes per device of forwards without gradients over `rows` rows of `seq_len` tokens
+    (PPO's scoring of a rollout slice: log-probs of the policy and the reference, the critic's
+    values, ORM / PRM scores; one model at a time):
+
+      max(SCORING_LAYER_SHARE * n * saved("none"),        one layer's intermediates
+          SCORING_LOGIT_BUFFERS * 4 * r * C * V')         one chunk of float32 logits
+      + V D a on a mesh that splits the embedding (fsdp or tensor > 1: gathered for the lookup)
+
+    r = ceil(rows / (data fsdp)) rows here, n = r T tokens, C = min(chunk_size, T), V' = V /
+    tensor; fitted to XLA:CPU's analysis of the jitted score_rollout (tests/test_memory.py)."""
+    sizes = mesh_sizes(mesh)
+    r = _split(rows, _axis_shards(BATCH_AXES, sizes))
+    layer = r * seq_len * saved_bytes_per_token(config, seq_len, "none", sizes["tensor"])
+    logits = 4 * r * min(chunk_size, seq_len) * _split(config.vocab_size, sizes["tensor"])
+    gathered = 0
+    if sizes["fsdp"] * sizes["tensor"] > 1:
+        gathered = config.vocab_size * config.hidden_size * jnp.dtype(config.dtype).itemsize
+    return int(max(SCORING_LAYER_SHARE * layer, SCORING_LOGIT_BUFFERS * logits) + gathered)
+
+
 @dataclasses.dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes per device, by part. `training` is the peak of an update step, `sampling` that of
     generation (params of every model, optimizer state kept alive, the KV cache, the sampler's
-    per-layer weight copy and its prefill / logits working set)."""
+    per-layer weight copy and its prefill / logits working set), `scoring` that of the
+    forwards without gradients over a rollout (params, optimizer state, their working set)."""
 
     params: int
     optimizer_state: int
@@ -344,6 +371,7 @@ class MemoryEstimate:
     kv_cache: int
     decode_weights: int
     sampler_activations: int
+    scoring_activations: int
     batch_inputs: int
 
     @property
@@ -356,9 +384,14 @@ class MemoryEstimate:
                 + self.sampler_activations)
 
     @property
+    def scoring(self) -> int:
+        return self.params + self.optimizer_state + self.scoring_activations
+
+    @property
     def total(self) -> int:
-        """max(training, sampling): what the device must hold at the worst moment of a loop."""
-        return max(self.training, self.sampling)
+        """max(training, sampling, scoring): what the device must hold at the worst moment of a
+        loop."""
+        return max(self.training, self.sampling, self.scoring)
 
     def brief(self) -> str:
         """One line: the training peak and its parts, then the sampling peak and its
@@ -371,12 +404,16 @@ class MemoryEstimate:
                      f"{format_bytes(self.kv_cache)}, layer weights "
                      f"{format_bytes(self.decode_weights)}, prefill / logits "
                      f"{format_bytes(self.sampler_activations)})")
+        if self.scoring_activations:
+            line += (f", scoring {format_bytes(self.scoring)} (forwards "
+                     f"{format_bytes(self.scoring_activations)})")
         return line
 
     def summary(self) -> str:
         """One line a part, in GiB."""
         parts = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        parts.update(training=self.training, sampling=self.sampling, total=self.total)
+        parts.update(training=self.training, sampling=self.sampling, scoring=self.scoring,
+                     total=self.total)
         return "\n".join(f"{name:<16} {value / GiB:9.3f} GiB" for name, value in parts.items())
 
 
@@ -385,6 +422,7 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
                     with_critic: bool = False, with_reference: bool = False,
                     reference_dtype: Any = None, reward_models: int = 0,
                     rollout: Optional[tuple[int, int, int, int]] = None,
+                    scoring: Optional[tuple[int, int]] = None,
                     chunk_size: int = 128, donate: bool = True, head: str = "lm",
                     rules=DEFAULT_RULES) -> MemoryEstimate:
     """Bytes per device of a training step of `model_config` on `mesh`, the trained model an
@@ -404,6 +442,8 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
       decode_weights      = decode_weight_bytes (the sampler's per-layer weight copy,
                             SamplingConfig.unstack_layers)
       sampler_activations = sampler_activation_bytes (prefill scores and MLP, or logits)
+    and, with scoring=(rows, seq_len) (PPO: a slice of the rollout scored in one pass),
+      scoring_activations = scoring_activation_bytes (forwards without gradients)
 
     P = param_bytes; P_ref = P(lm) with params stored in `reference_dtype` (default the param
     dtype; bfloat16 halves it and, with bfloat16 compute, changes no number). Without `donate`,
@@ -436,9 +476,11 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
         decode_weights = decode_weight_bytes(model_config, sizes, rules)
         sampler = sampler_activation_bytes(model_config, sizes, prompts, prompt_len,
                                            prompts * samples)
+    scored = 0 if scoring is None else scoring_activation_bytes(model_config, sizes, *scoring,
+                                                                chunk_size, rules)
     return MemoryEstimate(
         params=params, optimizer_state=opt, gradients=max(policy, critic),
         activations=activation_bytes(model_config, sizes, batch, seq_len, remat, chunk_size,
                                      head, rules),
         kv_cache=cache, decode_weights=decode_weights, sampler_activations=sampler,
-        batch_inputs=rows * seq_len * (4 + 4 + 1 + 1))
+        scoring_activations=scored, batch_inputs=rows * seq_len * (4 + 4 + 1 + 1))

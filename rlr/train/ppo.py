@@ -475,16 +475,18 @@ def make_run(config: ml_collections.ConfigDict, s: common.Setup) -> Run:
 def memory_estimate(s: common.Setup, run: Run, prompt_len: int, response_len: int) -> MemoryEstimate:
     """rlr.parallel.memory's bytes a device of an iteration: the rollout of
     ppo.prompts_per_iteration x num_samples responses of `response_len` tokens after prompts of
-    `prompt_len` slots, and the update of one minibatch of those rows, with every model of the
-    run alive (policy, reference, critic with GAE, ORM, PRM; all of config.model)."""
-    prompts = run.ppo.prompts_per_iteration
+    `prompt_len` slots, its scoring (one of ppo.scoring_slices row slices at a time) and the
+    update of one minibatch of those rows, with every model of the run alive (policy,
+    reference, critic with GAE, ORM, PRM; all of config.model)."""
+    prompts, seq_len = run.ppo.prompts_per_iteration, prompt_len + response_len
+    rows = prompts * run.num_samples
     return estimate_memory(
-        s.model_config, s.mesh, prompts * run.num_samples // run.ppo.num_minibatches,
-        prompt_len + response_len, optimizer=make_optimizer(run.policy_optim),
-        with_critic=run.update.use_critic, with_reference=True,
+        s.model_config, s.mesh, rows // run.ppo.num_minibatches, seq_len,
+        optimizer=make_optimizer(run.policy_optim), with_critic=run.update.use_critic,
+        with_reference=True,
         reward_models=(run.models.orm is not None) + (run.models.prm is not None),
         rollout=(prompts, prompt_len, response_len, run.num_samples),
-        chunk_size=run.ppo.logprob_chunk)
+        scoring=(rows // run.ppo.scoring_slices, seq_len), chunk_size=run.ppo.logprob_chunk)
 
 
 def initial_state(config: ml_collections.ConfigDict, s: common.Setup, run: Run,
