@@ -29,7 +29,8 @@ from rlr.parallel.mesh import abstract_params
 from rlr.sampling.generate import Sampler, SamplingConfig, generate
 from rlr.rewards.shaping import RewardSpec
 from rlr.sampling import Rollout
-from rlr.train import common, dpo_step, ppo, ppo_step, rm_step, sft_step
+from rlr.train import common, dpo_step, ppo_step, rm_step, sft_step
+from rlr.train.ppo import score as jitted_scoring
 from rlr.train.rollout_scoring import HostScores, Models, ScoringConfig
 from rlr.train.optim import OptimConfig, make_optimizer
 from rlr.train.state import abstract_train_state
@@ -55,35 +56,36 @@ def rows_of(mesh, shape, dtype):
     return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
 
 
-def compiled_sft_step(config, mesh_shape, batch, seq_len, chunk):
-    """(memory analysis, optimizer) of the jitted, state-donating SFT step on a mesh."""
-    devices = jax.devices()[:int(np.prod(mesh_shape))]
-    mesh = make_mesh(*mesh_shape, devices=devices)
-    model = Transformer(config)
-    optimizer = make_optimizer(OptimConfig())
-    state = abstract_train_state(abstract_params_of(model, mesh), optimizer, jax.random.key(1))
-    data = {name: rows_of(mesh, (batch, seq_len), dtype)
-            for name, dtype in [("tokens", jnp.int32), ("positions", jnp.int32),
-                                ("attention_mask", bool), ("loss_mask", bool)]}
-    step = functools.partial(sft_step.train_step, model=model, optimizer=optimizer,
-                             chunk_size=chunk)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
-        compiled = jax.jit(step, donate_argnums=(0,)).lower(state, data).compile()
-    return compiled.memory_analysis(), optimizer
+def mesh_of(mesh_shape):
+    """A (data, fsdp, tensor) mesh on the first prod(mesh_shape) simulated devices."""
+    return make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
+
+
+def peak_bytes(analysis) -> int:
+    """Arguments + outputs + temporaries - aliased bytes a device of a compiled program."""
+    return (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+            + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
 
 
 def compiled_step(step, config, mesh, batch, seq_len, chunk, prompt_len=32, minibatches=4):
-    """XLA's memory analysis (arguments + outputs + temporaries - aliased, bytes a device) of
-    the jitted, state-donating DPO step (batch / 2 pairs), PPO update (policy and critic,
-    `minibatches` minibatches of `batch` rows) or ORM step (outcome BCE, score head) on
-    `mesh`: T = prompt_len + response."""
+    """(XLA's memory analysis, optimizer) of the jitted, state-donating SFT step (batch rows of
+    seq_len), DPO step (batch / 2 pairs), PPO update (policy and critic, `minibatches`
+    minibatches of `batch` rows) or ORM step (outcome BCE, score head) on `mesh`; DPO, PPO and
+    ORM rows are prompt_len + response tokens."""
     optim = OptimConfig()
     optimizer = make_optimizer(optim)
     policy_model = Transformer(config, head="score" if step == "rm" else "lm")
     policy_params = abstract_params_of(policy_model, mesh)
     policy = abstract_train_state(policy_params, optimizer, jax.random.key(1))
     response_len = seq_len - prompt_len
-    if step == "rm":
+    if step == "sft":
+        data = {name: rows_of(mesh, (batch, seq_len), dtype)
+                for name, dtype in [("tokens", jnp.int32), ("positions", jnp.int32),
+                                    ("attention_mask", bool), ("loss_mask", bool)]}
+        fn = functools.partial(sft_step.train_step, model=policy_model, optimizer=optimizer,
+                               chunk_size=chunk)
+        args, donated = (policy, data), (0,)
+    elif step == "rm":
         data = {"prompt_tokens": rows_of(mesh, (batch, prompt_len), jnp.int32),
                 "prompt_mask": rows_of(mesh, (batch, prompt_len), bool),
                 "response_tokens": rows_of(mesh, (batch, response_len), jnp.int32),
@@ -117,9 +119,8 @@ def compiled_step(step, config, mesh, batch, seq_len, chunk, prompt_len=32, mini
                                                             logprob_chunk=chunk), mesh=mesh)
         args, donated = (policy, critic, None, data, jax.random.key(3)), (0, 1)
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
-        m = jax.jit(fn, donate_argnums=donated).lower(*args).compile().memory_analysis()
-    return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-            - m.alias_size_in_bytes), optimizer
+        compiled = jax.jit(fn, donate_argnums=donated).lower(*args).compile()
+    return compiled.memory_analysis(), optimizer
 
 
 @pytest.mark.parametrize("remat,mesh_shape,batch", [
@@ -130,7 +131,7 @@ def compiled_step(step, config, mesh, batch, seq_len, chunk, prompt_len=32, mini
 def test_estimate_matches_compiled_sft_step(remat, mesh_shape, batch):
     seq_len, chunk = 128, 64
     config = CONFIG.replace(remat=remat)
-    analysis, optimizer = compiled_sft_step(config, mesh_shape, batch, seq_len, chunk)
+    analysis, optimizer = compiled_step("sft", config, mesh_of(mesh_shape), batch, seq_len, chunk)
     est = estimate_memory(config, mesh_shape, batch, seq_len, optimizer=optimizer,
                           chunk_size=chunk)
     # Exact: params, Adam moments (+ counts) and the batch are the program's arguments.
@@ -139,8 +140,7 @@ def test_estimate_matches_compiled_sft_step(remat, mesh_shape, batch):
     # The named optimizer leaves out only the two int32 step counts (clip has none).
     named = estimate_memory(config, mesh_shape, batch, seq_len, chunk_size=chunk)
     assert est.optimizer_state - named.optimizer_state == 8
-    measured = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-                + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    measured = peak_bytes(analysis)
     assert abs(est.training - measured) / measured < 0.2, (est.summary(), measured)
     assert est.total == est.training  # no KV cache asked for
 
@@ -157,8 +157,8 @@ def test_estimate_matches_compiled_dpo_ppo_and_rm_steps(step, remat, mesh_shape,
     # The reward model's vocabulary is large enough that an LM head's params, Adam moments and
     # logits, counted by mistake, would make the estimate 1.9-2.5x the compiled step.
     config = CONFIG.replace(remat=remat, vocab_size=16384 if step == "rm" else CONFIG.vocab_size)
-    mesh = make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
-    measured, optimizer = compiled_step(step, config, mesh, batch, seq_len, chunk=64)
+    analysis, optimizer = compiled_step(step, config, mesh_of(mesh_shape), batch, seq_len, chunk=64)
+    measured = peak_bytes(analysis)
     est = estimate_memory(config, mesh_shape, batch, seq_len, optimizer=optimizer, chunk_size=64,
                           with_reference=step == "dpo", with_critic=step == "ppo",
                           head="score" if step == "rm" else "lm")
@@ -180,9 +180,10 @@ def compiled_scoring_temporaries(config, mesh, rows, seq_len, slices, chunk, pro
                       rows_of(mesh, (rows, 8), bool))
     config = ScoringConfig(group_size=4, logprob_chunk=chunk, row_slices=slices)
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
-        compiled = ppo.score.lower(params, rollout, host, None, models=Models(lm, score, score, score),
-                                   spec=RewardSpec(orm_weight=1.0, prm_weight=1.0),
-                                   config=config).compile()
+        compiled = jitted_scoring.lower(params, rollout, host, None,
+                                        models=Models(lm, score, score, score),
+                                        spec=RewardSpec(orm_weight=1.0, prm_weight=1.0),
+                                        config=config).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
 
@@ -194,8 +195,8 @@ def compiled_scoring_temporaries(config, mesh, rows, seq_len, slices, chunk, pro
 ])
 def test_scoring_estimate_within_20_percent_of_compiled_scoring(mesh_shape, rows, slices, vocab):
     config, seq_len = CONFIG.replace(vocab_size=vocab), 256
-    mesh = make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
-    measured = compiled_scoring_temporaries(config, mesh, rows, seq_len, slices, chunk=64)
+    measured = compiled_scoring_temporaries(config, mesh_of(mesh_shape), rows, seq_len, slices,
+                                            chunk=64)
     estimate = scoring_activation_bytes(config, mesh_shape, rows // slices, seq_len, 64)
     assert abs(estimate - measured) / measured < 0.2, (estimate, measured)
 
@@ -329,20 +330,15 @@ def test_sampling_estimate_within_20_percent_of_compiled_sampler(mesh_shape, pro
     """estimate_memory(rollout=...).sampling (optimizer "sgd": no state) against XLA's memory
     analysis of the compiled Sampler (arguments + outputs + temporaries - aliased, per device)."""
     config = CONFIG.replace(**changes)
-    mesh = make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
+    mesh = mesh_of(mesh_shape)
     model = Transformer(config)
-    shapes, _ = abstract_params(lambda: model.init(
-        jax.random.key(0), jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 4), jnp.int32),
-        jnp.ones((1, 4), bool))["params"])
-    params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          shapes, param_shardings(model, mesh))
+    params = abstract_params_of(model, mesh)
     new = 16
     sampler = Sampler(model, SamplingConfig(max_new_tokens=new, num_samples=samples), mesh)
     tokens, mask = sampler.prepare(np.ones((prompts, prompt_len), np.int32),
                                    np.ones((prompts, prompt_len), bool))
-    memory = sampler.lower(params, tokens, mask, jax.random.key(0)).compile().memory_analysis()
-    compiled = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-                + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+    compiled = peak_bytes(sampler.lower(params, tokens, mask, jax.random.key(0)).compile()
+                          .memory_analysis())
     est = estimate_memory(config, mesh, optimizer="sgd", rollout=(prompts, prompt_len, new, samples))
     assert 0.8 < est.sampling / compiled < 1.2, (est.summary(), compiled)
 
