@@ -210,7 +210,7 @@ def rlr_program(step: str, config, shape: Shape, args, mesh):
         fn = functools.partial(dpo_step.train_step, model=policy_model, optimizer=optimizer,
                                config=dpo_step.PreferenceConfig(logprob_chunk=args.chunk_size))
         return (jax.jit(fn, donate_argnums=(0,)), [policy, reference, batch], (0,), 1,
-                estimate(with_reference=True, reference_dtype=ref_dtype))
+                estimate(references=1, reference_dtype=ref_dtype))
     from rlr.train import ppo_step
 
     critic_model = Transformer(config, head="score")
@@ -309,7 +309,7 @@ def rlr_auto_rows(name: str, step: str, args) -> list[int]:
     mesh = make_mesh()
     fits = [b for b in candidates
             if estimate_memory(config, mesh, b, args.seq_len, chunk_size=args.chunk_size,
-                               with_critic=step == "ppo", with_reference=step == "dpo",
+                               with_critic=step == "ppo", references=int(step == "dpo"),
                                reference_dtype=getattr(jnp, args.reference_dtype)).training
             <= MEMORY_HEADROOM * limit]
     return fits or candidates[-1:]

@@ -18,6 +18,7 @@ from rlr.config import ConfigError
 from rlr.data import synthetic
 from rlr.data.builders._io import DataFormatError
 from rlr.data.tokenizer import CharTokenizer
+from rlr.parallel.memory import estimate_memory
 from rlr.train import common, dpo, dpo_step
 from rlr.train.metrics import read_jsonl
 from hf_fixtures import make_hf_model, save_hf_model
@@ -209,7 +210,20 @@ def memory_lines(caplog) -> list[str]:
     return [m for m in caplog.messages if m.startswith("dpo: estimated memory a device: training ")]
 
 
-def test_offline_dpo_learns_the_pairs_and_evaluates(tmp_path, policy_dir, caplog):
+def count_references(monkeypatch) -> list[int]:
+    """The `references` of each DPO memory estimate (frozen LM copies), recorded as it is made."""
+    counts = []
+
+    def recording(*args, references=0, **kwargs):
+        counts.append(references)
+        return estimate_memory(*args, references=references, **kwargs)
+
+    monkeypatch.setattr(dpo, "estimate_memory", recording)
+    return counts
+
+
+def test_offline_dpo_learns_the_pairs_and_evaluates(tmp_path, policy_dir, caplog, monkeypatch):
+    references = count_references(monkeypatch)
     config = _config(dpo_experiment, policy_dir, num_steps=24)
     config.optim.learning_rate, config.optim.warmup_steps = 3e-3, 2
     config.eval.every_steps = 12
@@ -218,6 +232,7 @@ def test_offline_dpo_learns_the_pairs_and_evaluates(tmp_path, policy_dir, caplog
         final = dpo.train(config, workdir)
     # One memory estimate: the pairs have one shape, so the step compiles once.
     assert len(memory_lines(caplog)) == 1 and "sampling" not in memory_lines(caplog)[0]
+    assert references == [1]
     lines = [line for line in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in line]
     assert len(lines) == 24
     first = np.mean([line["rewards/margin"] for line in lines[:4]])
@@ -253,7 +268,9 @@ def test_ipo_on_averaged_logps_hand_value():
     assert float(metrics["logps/chosen"]) == -4.0  # reported summed, whatever the loss reads
 
 
-def test_iterative_ipo_runs_two_rounds_ranked_by_a_reward_model(tmp_path, policy_dir, caplog):
+def test_iterative_ipo_runs_two_rounds_ranked_by_a_reward_model(tmp_path, policy_dir, caplog,
+                                                                monkeypatch):
+    references = count_references(monkeypatch)
     rm_dir = tmp_path / "rm"  # a random outcome reward model: its verdicts always differ
     save_hf_model(make_hf_model("qwen2-score", seed=1, vocab_size=TOKENIZER.vocab_size), rm_dir)
     config = _config(iterative_experiment, policy_dir, num_steps=4, iterations=2, loss="ipo",
@@ -265,6 +282,7 @@ def test_iterative_ipo_runs_two_rounds_ranked_by_a_reward_model(tmp_path, policy
     with caplog.at_level(logging.INFO, logger="rlr.train.common"):
         final = dpo.train(config, workdir)
     assert len(memory_lines(caplog)) == 1 and "sampling" in memory_lines(caplog)[0]
+    assert references == [2]  # the refreshed reference and the initial one (held-out metrics)
     for r in (0, 1):
         pairs = dpo.read_pairs(dpo.round_file(workdir, r))
         assert len(pairs) == 8 and all(p.chosen != p.rejected for p in pairs)

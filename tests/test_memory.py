@@ -160,7 +160,7 @@ def test_estimate_matches_compiled_dpo_ppo_and_rm_steps(step, remat, mesh_shape,
     analysis, optimizer = compiled_step(step, config, mesh_of(mesh_shape), batch, seq_len, chunk=64)
     measured = peak_bytes(analysis)
     est = estimate_memory(config, mesh_shape, batch, seq_len, optimizer=optimizer, chunk_size=64,
-                          with_reference=step == "dpo", with_critic=step == "ppo",
+                          references=int(step == "dpo"), with_critic=step == "ppo",
                           head="score" if step == "rm" else "lm")
     assert abs(est.training - measured) / measured < 0.2, (est.summary(), measured)
 
@@ -229,8 +229,10 @@ def test_estimate_parts_compose():
     assert ppo.gradients == max(p_lm, p_score)  # policy and critic gradients not alive at once
     rewarded = estimate_memory(CONFIG, **kw, with_critic=True, reward_models=2)  # ORM and PRM
     assert rewarded.params == p_lm + 3 * p_score and rewarded.optimizer_state == ppo.optimizer_state
-    dpo = estimate_memory(CONFIG, **kw, with_reference=True, reference_dtype=jnp.bfloat16)
+    dpo = estimate_memory(CONFIG, **kw, references=1, reference_dtype=jnp.bfloat16)
     assert dpo.params == p_lm + p_lm // 2 and dpo.optimizer_state == 2 * p_lm
+    refreshed = estimate_memory(CONFIG, **kw, references=2)  # DPO refresh_reference: two copies
+    assert refreshed.params == 3 * p_lm and refreshed.optimizer_state == 2 * p_lm
     kept = estimate_memory(CONFIG, **kw, donate=False)
     assert (kept.params, kept.optimizer_state) == (2 * p_lm, 4 * p_lm)
     sgd = estimate_memory(CONFIG, **kw, optimizer="sgd")

@@ -419,7 +419,7 @@ class MemoryEstimate:
 
 def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int = 1,
                     seq_len: int = 1024, *, optimizer: Any = "adamw", remat: Optional[str] = None,
-                    with_critic: bool = False, with_reference: bool = False,
+                    with_critic: bool = False, references: int = 0,
                     reference_dtype: Any = None, reward_models: int = 0,
                     rollout: Optional[tuple[int, int, int, int]] = None,
                     scoring: Optional[tuple[int, int]] = None,
@@ -428,7 +428,7 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
     """Bytes per device of a training step of `model_config` on `mesh`, the trained model an
     LM-head policy (head="lm"), or a score-head reward model trained alone (head="score"):
 
-      params          = P(head) [+ P(score) with_critic] [+ P_ref with_reference]
+      params          = P(head) [+ P(score) with_critic] + references x P_ref
                         + reward_models x P(score)   (frozen ORM / PRM of the same config)
       optimizer_state = O(head) [+ O(score) with_critic]      (optimizer_state_bytes)
       gradients       = max(P(head), P(score)) and
@@ -445,8 +445,10 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
     and, with scoring=(rows, seq_len) (PPO: a slice of the rollout scored in one pass),
       scoring_activations = scoring_activation_bytes (forwards without gradients)
 
-    P = param_bytes; P_ref = P(lm) with params stored in `reference_dtype` (default the param
-    dtype; bfloat16 halves it and, with bfloat16 compute, changes no number). Without `donate`,
+    P = param_bytes; `references` frozen LM copies (PPO and DPO: the reference; DPO refreshing
+    it each round also keeps the initial policy for its held-out metrics: 2) of P_ref = P(lm)
+    with params stored in `reference_dtype` (default the param dtype; bfloat16 halves it and,
+    with bfloat16 compute, changes no number). Without `donate`,
     the step writes new params and optimizer state next to the old ones: params and
     optimizer_state of the trained models count twice.
     `batch` is the number of model rows a step runs (DPO: 2 x pairs; PPO: one minibatch).
@@ -460,10 +462,8 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
     if with_critic:
         opt += optimizer_state_bytes(model_config, sizes, optimizer, "score", rules)
     trained = policy + critic
-    reference = 0
-    if with_reference:
-        ref_config = model_config.replace(param_dtype=reference_dtype or model_config.param_dtype)
-        reference = param_bytes(ref_config, sizes, "lm", rules)
+    ref_config = model_config.replace(param_dtype=reference_dtype or model_config.param_dtype)
+    reference = references * param_bytes(ref_config, sizes, "lm", rules)
     params = trained + reference + reward_models * param_bytes(model_config, sizes, "score", rules)
     if not donate:
         params += trained

@@ -554,14 +554,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if sampled and c.refresh_reference and pref.uses_reference:
         state["reference"] = reference
 
+    references = (reference is not None) + ("reference" in state)  # the initial one stays too
+
     @functools.cache
     def log_memory(seq_len: int, rollout: Optional[tuple[int, int, int, int]] = None) -> None:
         """The memory estimate of a step on pairs of seq_len tokens (once a shape: when it
         compiles), and of the rounds' sampling."""
         common.log_memory_estimate("dpo", estimate_memory(
             s.model_config, s.mesh, 2 * c.batch_size, seq_len, optimizer=optimizer,
-            with_reference=pref.uses_reference, rollout=rollout, chunk_size=c.logprob_chunk),
-            s.mesh)
+            references=references, rollout=rollout, chunk_size=c.logprob_chunk), s.mesh)
 
     prompt_length = response_length = None
     if sampled:

@@ -483,7 +483,7 @@ def memory_estimate(s: common.Setup, run: Run, prompt_len: int, response_len: in
     return estimate_memory(
         s.model_config, s.mesh, rows // run.ppo.num_minibatches, seq_len,
         optimizer=make_optimizer(run.policy_optim), with_critic=run.update.use_critic,
-        with_reference=True,
+        references=1,
         reward_models=(run.models.orm is not None) + (run.models.prm is not None),
         rollout=(prompts, prompt_len, response_len, run.num_samples),
         scoring=(rows // run.ppo.scoring_slices, seq_len), chunk_size=run.ppo.logprob_chunk)
