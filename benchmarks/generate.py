@@ -21,10 +21,12 @@ this column checks bfloat16); HF = torch.cuda.max_memory_allocated over its runs
     python benchmarks/generate.py --quick               # tiny shapes, runs on a CPU in < 1 min
     python benchmarks/generate.py --models qwen2.5-0.5b --batches 64 --skip-hf
     python benchmarks/generate.py --batches 256 --decode unstacked,scanned   # token-loop A/B
+    python benchmarks/generate.py --prompt-len 1024 --prefill-chunks 0,256   # chunked prefill A/B
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -74,6 +76,9 @@ def parse_args(argv=None):
                    help="comma-separated token-loop variants, one rlr row each: unstacked "
                         "(per-layer weight copy, the default) and / or scanned "
                         "(SamplingConfig.unstack_layers=False)")
+    p.add_argument("--prefill-chunks", default="0",
+                   help="comma-separated SamplingConfig.prefill_chunk values, one rlr row each "
+                        "(0 = the whole prompt in one pass)")
     p.add_argument("--profile", type=int, default=0, metavar="TOP",
                    help="trace one more rlr call and print its TOP ops by time and the time by "
                         "op kind (benchmarks/op_profile.py); 0 = off")
@@ -85,6 +90,7 @@ def parse_args(argv=None):
     args.models = [m for m in args.models.split(",") if m]
     args.batches = [int(b) for b in args.batches.split(",") if b]
     args.decode = [d for d in args.decode.split(",") if d]
+    args.prefill_chunks = [int(c) for c in args.prefill_chunks.split(",") if c]
     for variant in args.decode:
         if variant not in ("unstacked", "scanned"):
             p.error(f"--decode: {variant!r} is not one of ('unstacked', 'scanned')")
@@ -112,10 +118,11 @@ def roofline_tokens_per_second(config, params, batch: int, prompt_len: int, new_
     return batch * new_tokens * bandwidth / total_bytes
 
 
-def bench_rlr(config, params, mesh, batch: int, decode: str, args) -> dict:
+def bench_rlr(config, params, mesh, batch: int, decode: str, chunk: int, args) -> dict:
     model = Transformer(config)
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=args.new_tokens,
-                              eos_ids=(), unstack_layers=decode == "unstacked")
+                              eos_ids=(), unstack_layers=decode == "unstacked",
+                              prefill_chunk=chunk)
     sampler = Sampler(model, sampling, mesh)
     rng = np.random.default_rng(batch)
     prompts = rng.integers(0, config.vocab_size, (batch, args.prompt_len)).astype(np.int32)
@@ -139,7 +146,8 @@ def bench_rlr(config, params, mesh, batch: int, decode: str, args) -> dict:
     estimate = None
     if decode == "unstacked":
         estimate = estimate_memory(config, mesh, optimizer="sgd",
-                                   rollout=(batch, tokens.shape[1], args.new_tokens, 1)).sampling
+                                   rollout=(batch, tokens.shape[1], args.new_tokens, 1),
+                                   prefill_chunk=chunk).sampling
     row = dict(rlr_tok_s=batch * args.new_tokens / seconds, rlr_s=seconds,
                rlr_compile_s=compile_s, rlr_peak_bytes=peak, rlr_est_bytes=estimate)
     if args.profile:
@@ -209,14 +217,15 @@ def fmt_bytes(b):
 
 def print_table(rows, bandwidth):
     print(f"\nmeasured copy bandwidth: {bandwidth / 1e9:.0f} GB/s on {jax.devices()[0].device_kind}")
-    header = (f"{'model':<16}{'batch':>6}{'decode':>10}{'rlr tok/s':>12}{'HF tok/s':>11}"
+    header = (f"{'model':<16}{'batch':>6}{'decode':>10}{'chunk':>6}{'rlr tok/s':>12}{'HF tok/s':>11}"
               f"{'speedup':>9}{'roofline':>11}{'% roof':>8}{'rlr peak':>10}{'est':>8}{'HF peak':>9}"
               f"{'compile':>9}")
     print(header)
     print("-" * len(header))
     for r in rows:
         speedup = r["rlr_tok_s"] / r["hf_tok_s"] if r.get("hf_tok_s") else None
-        print(f"{r['model']:<16}{r['batch']:>6}{r['decode']:>10}{r['rlr_tok_s']:>12.0f}"
+        print(f"{r['model']:<16}{r['batch']:>6}{r['decode']:>10}{r['prefill_chunk'] or '-':>6}"
+              f"{r['rlr_tok_s']:>12.0f}"
               f"{fmt(r.get('hf_tok_s'), '.0f'):>11}{fmt(speedup, '.1f'):>9}"
               f"{r['roofline_tok_s']:>11.0f}{100 * r['rlr_tok_s'] / r['roofline_tok_s']:>7.1f}%"
               f"{fmt_bytes(r['rlr_peak_bytes']):>10}{fmt_bytes(r.get('rlr_est_bytes')):>8}"
@@ -242,12 +251,13 @@ def main(argv=None):
         config = get_config(name, param_dtype=dtype, dtype=dtype)
         params = init_model_params(Transformer(config), jax.random.key(0), mesh)
         for batch in args.batches:
-            for decode in args.decode:
-                row = dict(model=name, batch=batch, decode=decode, hf_note=hf_note)
-                row.update(bench_rlr(config, params, mesh, batch, decode, args))
+            for decode, chunk in itertools.product(args.decode, args.prefill_chunks):
+                row = dict(model=name, batch=batch, decode=decode, prefill_chunk=chunk,
+                           hf_note=hf_note)
+                row.update(bench_rlr(config, params, mesh, batch, decode, chunk, args))
                 row["roofline_tok_s"] = roofline_tokens_per_second(
                     config, params, batch, args.prompt_len, args.new_tokens, bandwidth)
-                print(f"{name} batch {batch} ({decode}): rlr {row['rlr_tok_s']:.0f} tok/s "
+                print(f"{name} batch {batch} ({decode}, prefill chunk {chunk}): rlr {row['rlr_tok_s']:.0f} tok/s "
                       f"(compile {row['rlr_compile_s']:.1f} s)", flush=True)
                 rows.append(row)
         del params
@@ -265,7 +275,8 @@ def main(argv=None):
     print_table(rows, bandwidth)
     for r in rows:
         print_row_profile(r, args.profile,
-                          f"of rlr {r['model']} batch {r['batch']} ({r['decode']}), one call")
+                          f"of rlr {r['model']} batch {r['batch']} ({r['decode']}, prefill "
+                          f"chunk {r['prefill_chunk']}), one call")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(bandwidth=bandwidth, device=jax.devices()[0].device_kind,

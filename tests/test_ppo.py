@@ -17,7 +17,7 @@ from rlr.config import ConfigError, load_config
 from rlr.models import Transformer, get_config
 from rlr.parallel import make_mesh
 from rlr.parallel.memory import (activation_bytes, kv_cache_bytes, param_bytes,
-                                 scoring_activation_bytes)
+                                 sampler_activation_bytes, scoring_activation_bytes)
 from rlr.train import common, ppo, sft
 from rlr.train.metrics import read_jsonl
 
@@ -122,12 +122,13 @@ def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path, caplog):
     workdir = str(tmp_path / "ppo")
     config = ppo_config(sft_dir, "ppo.py:clip_delta", **{"rewards.prm_source": prm_dir,
                                                         "ppo.num_iterations": 2,
-                                                        "ppo.scoring_slices": 4})
+                                                        "ppo.scoring_slices": 4,
+                                                        "sampling.prefill_chunk": 8})
     with caplog.at_level(logging.INFO, logger="rlr.train.common"):
         ppo.train(config, workdir)
     # The start-up memory estimate counts every model of the run: policy and reference (LM
-    # head), critic and PRM (score head); the update's 8-row minibatch; 32 rollout rows,
-    # scored in 4 slices.
+    # head), critic and PRM (score head); the update's 8-row minibatch; 32 rollout rows of 8
+    # prompts prefilled 8 tokens at a time, scored in 4 slices.
     s = common.setup(config)
     width = ppo.Prompts(s.tokenizer, config.data, ppo.prompt_examples(config.data, "train")).width
     estimate = ppo.memory_estimate(s, ppo.make_run(config, s), width, 48)
@@ -135,6 +136,8 @@ def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path, caplog):
     assert estimate.params == 2 * p_lm + 2 * p_score
     assert estimate.activations == activation_bytes(s.model_config, mesh, 8, width + 48, "none")
     assert estimate.kv_cache == kv_cache_bytes(s.model_config, 32, width + 48, mesh)
+    assert estimate.sampler_activations == sampler_activation_bytes(s.model_config, mesh, 8,
+                                                                    width, 32, prefill_chunk=8)
     assert estimate.scoring_activations == scoring_activation_bytes(s.model_config, mesh, 8,
                                                                     width + 48)  # 32 rows / 4
     assert f"ppo: estimated memory a device: {estimate.brief()}" in caplog.messages

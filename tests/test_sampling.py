@@ -241,6 +241,36 @@ def test_unstacked_decode_equals_the_scanned_model_and_unrolls_the_layers():
     assert scans_in_token_loop(scanned_config) > 0
 
 
+@pytest.mark.parametrize("base,chunk", [(GREEDY, 8), (dataclasses.replace(SAMPLED, unstack_layers=False), 4)])
+def test_chunked_prefill_gives_the_one_pass_rollout(base, chunk):
+    """SamplingConfig.prefill_chunk: the 16-slot bucket prefilled in 16 / chunk passes (the first
+    chunk all padding in some rows), on the per-layer and on the stacked cache, gives the
+    rollout of one pass (greedy: the HF-checked one), float32 rounding of the smaller matmuls
+    (1e-6) the only difference."""
+    _, model, params = hf_and_rlr()
+    tokens, mask = prompts(0)
+    chunked_config = dataclasses.replace(base, prefill_chunk=chunk)
+    whole = sampler(base)(params, tokens, mask, jax.random.key(0))
+    chunked = sampler(chunked_config)(params, tokens, mask, jax.random.key(0))
+    for a, b in zip(whole, chunked):
+        if a.dtype == jnp.float32:
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    bucketed = sampler(base).prepare(tokens, mask)
+
+    def scan_lengths(config):  # of the scans at the program's top level
+        from rlr.sampling.generate import generate
+
+        jaxpr = jax.make_jaxpr(lambda p: generate(model, p, *bucketed, jax.random.key(0),
+                                                  config))(params)
+        return [e.params["length"] for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+
+    # The chunks' loop (the scanned model's prefill scans its 2 layers inside it).
+    assert 16 // chunk in scan_lengths(chunked_config) and 16 // chunk not in scan_lengths(base)
+
+
 # ---------------------------------------------------------------- filters and sampling statistics
 
 STAT_LOGITS = np.log(np.array([0.3, 0.2, 0.15, 0.12, 0.1, 0.07, 0.04, 0.02]))
@@ -402,7 +432,7 @@ def test_bucket_length():
 def test_bad_configs_and_prompts_raise_naming_the_field():
     for field, value in [("temperature", -1.0), ("top_k", -2), ("top_p", 0.0), ("top_p", 1.5),
                          ("max_new_tokens", 0), ("num_samples", 0), ("stop_sequences", ((),)),
-                         ("eos_ids", (-1,))]:
+                         ("eos_ids", (-1,)), ("prefill_chunk", -1)]:
         with pytest.raises(ValueError, match=f"SamplingConfig.{field}"):
             SamplingConfig(**{field: value})
     config = SamplingConfig(eos_ids=[2, 3], stop_sequences=[[1, 2]])
@@ -414,6 +444,10 @@ def test_bad_configs_and_prompts_raise_naming_the_field():
         check_prompts(np.zeros((2, 4), np.int32), ok & np.array([True, True, True, False]))
     with pytest.raises(ValueError, match="integer"):
         check_prompts(np.zeros((2, 4), np.float32), ok)
+    _, model, params = hf_and_rlr()  # a chunk that does not divide the 16-slot bucket
+    with pytest.raises(ValueError, match="SamplingConfig.prefill_chunk=6 must divide the prompt "
+                                         "bucket length 16"):
+        Sampler(model, SamplingConfig(prefill_chunk=6))(params, *prompts(0), jax.random.key(0))
 
 
 def test_num_tokens_keeps_padding_ids_of_the_embedding_out_of_the_sample():

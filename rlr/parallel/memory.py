@@ -222,30 +222,33 @@ def decode_weight_bytes(config: ModelConfig, mesh: MeshLike = None, rules=DEFAUL
 
 
 def sampler_activation_bytes(config: ModelConfig, mesh: MeshLike, prompts: int, prompt_len: int,
-                             rows: int) -> int:
+                             rows: int, prefill_chunk: int = 0) -> int:
     """Peak bytes per device of what a generate call computes besides its params, weight copy and
     KV cache: the larger of its prefill and its token loop,
 
-      prefill = max(c_a S, c_s S + c_m M)   S = 4 b N' P^2  (float32 attention scores)
-                                            M = a b P F'    (one MLP activation)
+      prefill = max(c_a S, c_s S + c_m M)   S = 4 b N' C P  (float32 attention scores)
+                                            M = a b C F'    (one MLP activation)
       decode  = LOGIT_BUFFERS * 4 r V'      (float32 logits of one token and the sampling
                                             filters' buffers)
 
-    b = ceil(prompts / (data fsdp)) prompts of P = prompt_len slots (the bucket), r =
-    ceil(rows / (data fsdp)) rows (prompts x samples), N', F', V' the heads, MLP width and
+    b = ceil(prompts / (data fsdp)) prompts of P = prompt_len slots (the bucket) prefilled C
+    tokens at a time (C = prefill_chunk, SamplingConfig.prefill_chunk; C = P when 0 or >= P),
+    r = ceil(rows / (data fsdp)) rows (prompts x samples), N', F', V' the heads, MLP width and
     vocabulary over tensor, a the compute itemsize; c_a = PREFILL_ATTENTION_SCORES, c_s, c_m =
-    PREFILL_MLP_SCORES, PREFILL_MLP_BUFFERS. The prefill term grows as P^2: a batch of long
-    prompts needs more memory to prefill than its whole KV cache. On a mesh that splits the
-    embedding (fsdp or tensor > 1), add V D a: XLA's SPMD partitioner gathers the whole table
-    for the token lookup (it logs "Involuntary full rematerialization").
+    PREFILL_MLP_SCORES, PREFILL_MLP_BUFFERS. In one pass the prefill term grows as P^2: a batch
+    of long prompts needs more memory to prefill than its whole KV cache, which chunks of C
+    tokens bound to C P. On a mesh that splits the embedding (fsdp or tensor > 1), add V D a:
+    XLA's SPMD partitioner gathers the whole table for the token lookup (it logs "Involuntary
+    full rematerialization").
     """
     sizes = mesh_sizes(mesh)
     shards = _axis_shards(BATCH_AXES, sizes)
     w = _layer_widths(config, sizes["tensor"])
     a = jnp.dtype(config.dtype).itemsize
     b = _split(prompts, shards)
-    scores = 4 * b * w["N"] * prompt_len ** 2
-    mlp = a * b * prompt_len * w["F"]
+    chunk = min(prefill_chunk or prompt_len, prompt_len)
+    scores = 4 * b * w["N"] * chunk * prompt_len
+    mlp = a * b * chunk * w["F"]
     prefill = max(PREFILL_ATTENTION_SCORES * scores,
                   PREFILL_MLP_SCORES * scores + PREFILL_MLP_BUFFERS * mlp)
     decode = LOGIT_BUFFERS * 4 * _split(rows, shards) * _split(config.vocab_size, sizes["tensor"])
@@ -422,7 +425,7 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
                     with_critic: bool = False, references: int = 0,
                     reference_dtype: Any = None, reward_models: int = 0,
                     rollout: Optional[tuple[int, int, int, int]] = None,
-                    scoring: Optional[tuple[int, int]] = None,
+                    scoring: Optional[tuple[int, int]] = None, prefill_chunk: int = 0,
                     chunk_size: int = 128, donate: bool = True, head: str = "lm",
                     rules=DEFAULT_RULES) -> MemoryEstimate:
     """Bytes per device of a training step of `model_config` on `mesh`, the trained model an
@@ -441,7 +444,8 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
       kv_cache            = kv_cache_bytes(prompts x samples, prompt_len + new_tokens)
       decode_weights      = decode_weight_bytes (the sampler's per-layer weight copy,
                             SamplingConfig.unstack_layers)
-      sampler_activations = sampler_activation_bytes (prefill scores and MLP, or logits)
+      sampler_activations = sampler_activation_bytes (prefill scores and MLP, in chunks of
+                            `prefill_chunk` prompt tokens when > 0, or logits)
     and, with scoring=(rows, seq_len) (PPO: a slice of the rollout scored in one pass),
       scoring_activations = scoring_activation_bytes (forwards without gradients)
 
@@ -475,7 +479,7 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
         cache = kv_cache_bytes(model_config, prompts * samples, prompt_len + new_tokens, sizes)
         decode_weights = decode_weight_bytes(model_config, sizes, rules)
         sampler = sampler_activation_bytes(model_config, sizes, prompts, prompt_len,
-                                           prompts * samples)
+                                           prompts * samples, prefill_chunk)
     scored = 0 if scoring is None else scoring_activation_bytes(model_config, sizes, *scoring,
                                                                 chunk_size, rules)
     return MemoryEstimate(

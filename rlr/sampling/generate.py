@@ -5,7 +5,8 @@ batch of left-padded prompts to a length bucket, places it on the mesh and runs 
 function per (rows, bucket) shape, with the parameters as an argument (never closed over).
 
 Per call, for prompts [B, P] (left-padded, mask [B, P]) and n = num_samples:
-  1. prefill the B prompts into a cache of P slots (RoPE positions cumsum(mask) - 1);
+  1. prefill the B prompts into a cache of P slots (RoPE positions cumsum(mask) - 1), in one
+     pass or in chunks of SamplingConfig.prefill_chunk tokens;
   2. copy the cache into one of P + max_new slots per row and repeat each prompt's rows n
      times (rows of one prompt are contiguous: [p0 s0..s(n-1), p1 s0, ...]);
   3. sample token 0 from the prefill's last-position logits, then loop: feed the last token at
@@ -66,6 +67,11 @@ class SamplingConfig:
     at every token, for the memory of one more model in the compute dtype (whole over fsdp:
     rlr.parallel.memory.decode_weight_bytes) and a longer compile (the layers unrolled).
     False: the scanned model, sliced every token.
+    prefill_chunk: prefill the prompts C tokens at a time (chunked prefill, as vLLM and
+    Sarathi-Serve, Agrawal et al. 2024, schedule it), each chunk attending to the cache the
+    earlier ones wrote: the prefill's attention scores and MLP activations shrink by P / C,
+    for P / C passes over the weights. C must divide the prompt bucket P; 0 (or C >= P) = the
+    whole prompt in one pass.
     """
 
     temperature: float = 1.0
@@ -78,6 +84,7 @@ class SamplingConfig:
     pad_id: int = 0
     num_tokens: int = 0
     unstack_layers: bool = True
+    prefill_chunk: int = 0
 
     def __post_init__(self):
         # Lists become tuples so the config stays hashable.
@@ -94,6 +101,7 @@ class SamplingConfig:
              "non-empty token sequences"),
             (all(i >= 0 for i in self.eos_ids), "eos_ids", "non-negative token ids"),
             (self.num_tokens >= 0, "num_tokens", ">= 0 (0 = every id)"),
+            (self.prefill_chunk >= 0, "prefill_chunk", ">= 0 (0 = the whole prompt at once)"),
         ]
         for ok, name, expected in checks:
             if not ok:
@@ -186,18 +194,44 @@ def _emit(state: _LoopState, logits: jax.Array, rng: jax.Array,
     )
 
 
-def _prefill(model, params, tokens, mask, repeats: int, total_slots: int, mesh):
-    """Run the prompts [B, P] through the model once; return (last-position logits [B*n, V],
-    cache of `total_slots` slots with each prompt's rows repeated n times), the cache stacked
-    for a scanned model and per layer for an unrolled one."""
+def _prefill_chunks(length: int, chunk: int) -> int:
+    """How many chunks of SamplingConfig.prefill_chunk tokens prefill a bucket of `length`."""
+    if not chunk or chunk >= length:
+        return 1
+    if length % chunk:
+        raise ValueError(f"SamplingConfig.prefill_chunk={chunk} must divide the prompt bucket "
+                         f"length {length} (or be 0 / >= it)")
+    return length // chunk
+
+
+def _prefill(model, params, tokens, mask, repeats: int, total_slots: int, chunk: int, mesh):
+    """Run the prompts [B, P] through the model, in P / C chunks of C tokens (`chunk`; one pass
+    when 0); return (last-position logits [B*n, V], cache of `total_slots` slots with each
+    prompt's rows repeated n times), the cache stacked for a scanned model and per layer for an
+    unrolled one.
+
+    Chunk k writes its keys / values at slots kC..kC+C-1 and attends to slots <= its own: the
+    cache holds every earlier chunk, so each token sees what one pass shows it."""
     batch, length = tokens.shape
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
     cache = init_cache(model.config, batch, length)
     if not model.scan_layers:
         cache = unstack_cache(cache)
-    hidden, cache = model.apply({"params": params}, tokens, positions, mask, cache=cache,
-                                cache_index=0)
-    logits = last_token_logits(hidden, lm_head_weight(params, model.config))
+    chunks = _prefill_chunks(length, chunk)
+    width = length // chunks
+
+    def prefill_chunk(k, carry):  # (cache, hidden [B, D] of the chunk's last position)
+        start = k * width
+        hidden, cache = model.apply(
+            {"params": params}, jax.lax.dynamic_slice_in_dim(tokens, start, width, axis=1),
+            jax.lax.dynamic_slice_in_dim(positions, start, width, axis=1), mask,
+            cache=_constrain_cache(carry[0], mesh), cache_index=start)
+        return cache, hidden[:, -1]
+
+    empty = jnp.zeros((batch, model.config.hidden_size), model.config.dtype)
+    cache, last = (prefill_chunk(0, (cache, empty)) if chunks == 1 else
+                   jax.lax.fori_loop(0, chunks, prefill_chunk, (cache, empty)))
+    logits = last_token_logits(last[:, None], lm_head_weight(params, model.config))
 
     def extend(x):  # [(L,) B, KVH, P, Dh] -> [(L,) B*n, KVH, total_slots, Dh]
         slots = [(0, 0)] * x.ndim
@@ -236,7 +270,7 @@ def generate(model, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Arra
         if mesh is not None:
             decoder_params = _gathered_over_fsdp(decoder, decoder_params, mesh)
     logits, cache = _prefill(decoder, decoder_params, prompt_tokens, prompt_mask, n,
-                             prompt_len + new, mesh)
+                             prompt_len + new, config.prefill_chunk, mesh)
     prompt_tokens = jnp.repeat(prompt_tokens, n, axis=0)
     prompt_mask = jnp.repeat(prompt_mask, n, axis=0)
     next_position = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)  # [N]: RoPE position of token 0

@@ -551,14 +551,14 @@ def step_end_positions(tokenizer: Tokenizer, response_tokens: Any, response_mask
 
 def sampling_config(tokenizer: Tokenizer, data: Any, temperature: float = 0.0,
                     num_samples: int = 1, top_k: int = 0, top_p: float = 1.0,
-                    unstack_layers: bool = True) -> SamplingConfig:
+                    unstack_layers: bool = True, prefill_chunk: int = 0) -> SamplingConfig:
     """The SamplingConfig of a task: responses of up to config.data.max_response_len tokens
     that end at the tokenizer's eos (temperature 0: greedy), drawn from the tokenizer's ids only."""
     return SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
                           max_new_tokens=as_data_config(data).max_response_len,
                           num_samples=num_samples, eos_ids=(tokenizer.eos_id,),
                           pad_id=tokenizer.pad_id, num_tokens=tokenizer.vocab_size,
-                          unstack_layers=unstack_layers)
+                          unstack_layers=unstack_layers, prefill_chunk=prefill_chunk)
 
 
 def generate_texts(sampler: Sampler, params: Any, tokenizer: Tokenizer, prompts: Sequence[str],

@@ -170,6 +170,9 @@ class RolloutSampling:
     # prefill and decode on a per-layer copy of the policy's weights (compute dtype) and KV
     # cache (faster; one more model of memory while sampling); False: the scanned model
     unstack_layers: bool = True
+    # prefill prompts this many tokens at a time (SamplingConfig.prefill_chunk; must divide the
+    # prompt bucket): the prefill's memory falls from ~P^2 to ~C P a prompt; 0 = one pass
+    prefill_chunk: int = 0
 
 
 def ppo_group(**changes) -> ml_collections.ConfigDict:
@@ -443,7 +446,7 @@ class Run(NamedTuple):
     ppo: PPOConfig
     spec: RewardSpec
     rewards: RewardModels
-    num_samples: int
+    sampling: RolloutSampling
     scoring: ScoringConfig
     update: UpdateConfig
     policy_optim: OptimConfig
@@ -458,7 +461,8 @@ def make_run(config: ml_collections.ConfigDict, s: common.Setup) -> Run:
             raise ConfigError(f"config.{group}: missing group (see experiments/ppo.py)")
     c = as_ppo_config(config.ppo)
     spec, rewards = as_rewards(config.rewards)
-    n = as_sampling(config.sampling).num_samples
+    sampling = as_sampling(config.sampling)
+    n = sampling.num_samples
     _check_rewards(spec, rewards, common.as_data_config(config.data).task)
     _check_sizes(c, n, s.mesh)
     update_config = c.update_config()
@@ -467,7 +471,7 @@ def make_run(config: ml_collections.ConfigDict, s: common.Setup) -> Run:
                     critic=score_model if update_config.use_critic else None,
                     orm=score_model if rewards.orm_source else None,
                     prm=score_model if rewards.prm_source else None)
-    return Run(c, spec, rewards, n, c.scoring_config(n, rewards), update_config,
+    return Run(c, spec, rewards, sampling, c.scoring_config(n, rewards), update_config,
                as_optim_config(config.optim),
                as_optim_config(config.critic_optim) if update_config.use_critic else None, models)
 
@@ -479,13 +483,14 @@ def memory_estimate(s: common.Setup, run: Run, prompt_len: int, response_len: in
     update of one minibatch of those rows, with every model of the run alive (policy,
     reference, critic with GAE, ORM, PRM; all of config.model)."""
     prompts, seq_len = run.ppo.prompts_per_iteration, prompt_len + response_len
-    rows = prompts * run.num_samples
+    n = run.sampling.num_samples
+    rows = prompts * n
     return estimate_memory(
         s.model_config, s.mesh, rows // run.ppo.num_minibatches, seq_len,
         optimizer=make_optimizer(run.policy_optim), with_critic=run.update.use_critic,
         references=1,
         reward_models=(run.models.orm is not None) + (run.models.prm is not None),
-        rollout=(prompts, prompt_len, response_len, run.num_samples),
+        rollout=(prompts, prompt_len, response_len, n), prefill_chunk=run.sampling.prefill_chunk,
         scoring=(rows // run.ppo.scoring_slices, seq_len), chunk_size=run.ppo.logprob_chunk)
 
 
@@ -524,11 +529,11 @@ def make_step(config: ml_collections.ConfigDict, s: common.Setup, run: Run, froz
     update iteration on the next prompts of batches[0]; writes rollout samples every
     config.logging.every_steps iterations."""
     data = common.as_data_config(config.data)
-    sampling = as_sampling(config.sampling)
-    n, rewards = run.num_samples, run.rewards
+    sampling = run.sampling
+    n, rewards = sampling.num_samples, run.rewards
     sampler = cached_sampler(run.models.policy, common.sampling_config(
         s.tokenizer, data, sampling.temperature, n, sampling.top_k, sampling.top_p,
-        sampling.unstack_layers), s.mesh, (prompts.width,))
+        sampling.unstack_layers, sampling.prefill_chunk), s.mesh, (prompts.width,))
     success_fn = ((lambda e, text: common.answer_correct(data, e, text))
                   if data.task in CHECKED_TASKS else None)
     needs_positions = run.models.prm is not None
@@ -597,7 +602,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     size = run.ppo.prompts_per_iteration
     batches = [batch_iterator(prompts.rows, size, config.seed)]
     log.info("ppo: %d train prompts of %d tokens, %d x %d rollouts an iteration, advantage %s",
-             len(prompts.examples), prompts.width, size, run.num_samples, run.ppo.advantage)
+             len(prompts.examples), prompts.width, size, run.sampling.num_samples, run.ppo.advantage)
     common.log_memory_estimate("ppo", memory_estimate(s, run, prompts.width, data.max_response_len),
                                s.mesh)
     writer = MetricsWriter(workdir)
