@@ -196,6 +196,9 @@ def test_config_errors_name_the_key(tmp_path):
         ppo.train(ppo_config(unused, **{"ppo.num_minibatches": 3}), str(tmp_path))
     with pytest.raises(ConfigError, match=r"config\.ppo\.scoring_slices=3: must divide the 32"):
         ppo.train(ppo_config(unused, **{"ppo.scoring_slices": 3}), str(tmp_path))
+    with pytest.raises(ConfigError, match=r"config\.sampling\.prefill_chunk=6: must divide the "
+                                          r"prompt width"):
+        ppo.train(ppo_config(unused, **{"sampling.prefill_chunk": 6}), str(tmp_path))
     with pytest.raises(ConfigError, match=r"config\.ppo\.reference='emma'"):
         ppo.train(ppo_config(unused, **{"ppo.reference": "emma"}), str(tmp_path))
     with pytest.raises(ConfigError, match=r"experiments/ppo\.py:prm_clipp: unknown variant"):

@@ -595,10 +595,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     s = common.setup(config)
     run = make_run(config, s)
     data = common.as_data_config(config.data)
+    prompts = Prompts(s.tokenizer, data, prompt_examples(data, "train"), run.ppo.max_prompt_len)
+    chunk = run.sampling.prefill_chunk
+    if 0 < chunk < prompts.width and prompts.width % chunk:
+        raise ConfigError(f"config.sampling.prefill_chunk={chunk}: must divide the prompt width "
+                          f"{prompts.width} (or be 0, or >= it)")
     state_rng, eval_rng = jax.random.split(s.rng)
     initial = list(initial_state(config, s, run, state_rng))  # [state, frozen]
     frozen = initial.pop()
-    prompts = Prompts(s.tokenizer, data, prompt_examples(data, "train"), run.ppo.max_prompt_len)
     size = run.ppo.prompts_per_iteration
     batches = [batch_iterator(prompts.rows, size, config.seed)]
     log.info("ppo: %d train prompts of %d tokens, %d x %d rollouts an iteration, advantage %s",
