@@ -19,6 +19,7 @@ from rlr.data import synthetic
 from rlr.data.builders._io import DataFormatError
 from rlr.data.tokenizer import CharTokenizer
 from rlr.parallel.memory import estimate_memory
+from rlr.sampling import Sampler
 from rlr.train import common, dpo, dpo_step
 from rlr.train.metrics import read_jsonl
 from hf_fixtures import make_hf_model, save_hf_model
@@ -156,6 +157,8 @@ def test_config_errors_name_the_key():
         dpo.DPOConfig(refresh_reference=True)
     with pytest.raises(ConfigError, match=r"config.dpo.reference_chosen=True.*answer checker"):
         dpo.DPOConfig(pairs="sampled", rm_source="runs/orm", reference_chosen=True)
+    with pytest.raises(ConfigError, match=r"config.dpo.prefill_chunk=48: expected 0 .* power of two"):
+        dpo.DPOConfig(pairs="sampled", prefill_chunk=48)
     with pytest.raises(ConfigError, match=r"config.dpo.bogus: unknown key"):
         dpo.as_dpo_config({"bogus": 1})
 
@@ -210,20 +213,20 @@ def memory_lines(caplog) -> list[str]:
     return [m for m in caplog.messages if m.startswith("dpo: estimated memory a device: training ")]
 
 
-def count_references(monkeypatch) -> list[int]:
-    """The `references` of each DPO memory estimate (frozen LM copies), recorded as it is made."""
-    counts = []
+def record_estimates(monkeypatch) -> list[tuple[int, int]]:
+    """(references: frozen LM copies, prefill_chunk) of each DPO memory estimate, as it is made."""
+    calls = []
 
-    def recording(*args, references=0, **kwargs):
-        counts.append(references)
-        return estimate_memory(*args, references=references, **kwargs)
+    def recording(*args, references=0, prefill_chunk=0, **kwargs):
+        calls.append((references, prefill_chunk))
+        return estimate_memory(*args, references=references, prefill_chunk=prefill_chunk, **kwargs)
 
     monkeypatch.setattr(dpo, "estimate_memory", recording)
-    return counts
+    return calls
 
 
 def test_offline_dpo_learns_the_pairs_and_evaluates(tmp_path, policy_dir, caplog, monkeypatch):
-    references = count_references(monkeypatch)
+    estimates = record_estimates(monkeypatch)
     config = _config(dpo_experiment, policy_dir, num_steps=24)
     config.optim.learning_rate, config.optim.warmup_steps = 3e-3, 2
     config.eval.every_steps = 12
@@ -232,7 +235,7 @@ def test_offline_dpo_learns_the_pairs_and_evaluates(tmp_path, policy_dir, caplog
         final = dpo.train(config, workdir)
     # One memory estimate: the pairs have one shape, so the step compiles once.
     assert len(memory_lines(caplog)) == 1 and "sampling" not in memory_lines(caplog)[0]
-    assert references == [1]
+    assert estimates == [(1, 0)]
     lines = [line for line in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in line]
     assert len(lines) == 24
     first = np.mean([line["rewards/margin"] for line in lines[:4]])
@@ -270,19 +273,23 @@ def test_ipo_on_averaged_logps_hand_value():
 
 def test_iterative_ipo_runs_two_rounds_ranked_by_a_reward_model(tmp_path, policy_dir, caplog,
                                                                 monkeypatch):
-    references = count_references(monkeypatch)
+    estimates = record_estimates(monkeypatch)
+    samplers = []  # the prefill_chunk of each sampler made
+    monkeypatch.setattr(dpo, "Sampler", lambda model, sampling, mesh: samplers.append(
+        sampling.prefill_chunk) or Sampler(model, sampling, mesh))
     rm_dir = tmp_path / "rm"  # a random outcome reward model: its verdicts always differ
     save_hf_model(make_hf_model("qwen2-score", seed=1, vocab_size=TOKENIZER.vocab_size), rm_dir)
     config = _config(iterative_experiment, policy_dir, num_steps=4, iterations=2, loss="ipo",
                      prompts_per_iteration=8, num_samples=2, sample_batch_size=8, eval_pairs=0,
-                     rm_source=str(rm_dir), refresh_reference=True)
+                     rm_source=str(rm_dir), refresh_reference=True, prefill_chunk=8)
     config.eval.num_problems = 0
     config.data.max_response_len = 24
     workdir = str(tmp_path / "run")
     with caplog.at_level(logging.INFO, logger="rlr.train.common"):
         final = dpo.train(config, workdir)
     assert len(memory_lines(caplog)) == 1 and "sampling" in memory_lines(caplog)[0]
-    assert references == [2]  # the refreshed reference and the initial one (held-out metrics)
+    # The refreshed reference and the initial one (held-out metrics); rounds prefill 8 tokens a pass.
+    assert estimates == [(2, 8)] and samplers == [8]
     for r in (0, 1):
         pairs = dpo.read_pairs(dpo.round_file(workdir, r))
         assert len(pairs) == 8 and all(p.chosen != p.rejected for p in pairs)

@@ -61,7 +61,7 @@ from rlr.data.tokenizer import Tokenizer
 from rlr.models import Transformer
 from rlr.parallel import shard_batch
 from rlr.parallel.memory import estimate_memory
-from rlr.sampling import Sampler
+from rlr.sampling import Sampler, bucket_length as sampler_bucket
 from rlr.train import common, dpo_step
 from rlr.train.metrics import MetricsWriter
 from rlr.train.optim import make_optimizer
@@ -104,6 +104,9 @@ class DPOConfig:
     prompts_per_iteration: int = 64  # sampled: train problems sampled a round
     num_samples: int = 4  # sampled: responses a problem, the best and the worst become a pair
     temperature: float = 1.0  # sampled: sampling temperature
+    # sampled: prefill prompts this many tokens at a time (SamplingConfig.prefill_chunk; the
+    # sampler's prompt buckets are powers of two): the prefill's memory falls from ~P^2 to ~C P
+    prefill_chunk: int = 0
     sample_batch_size: int = 32  # sampled: prompts a sampling / scoring call; a multiple of data x fsdp
     rm_source: str = ""  # sampled: an ORM run dir that ranks the samples; "" = the answer checker
     refresh_reference: bool = False  # sampled: the policy at the start of each round becomes the reference
@@ -123,6 +126,9 @@ class DPOConfig:
             (self.num_steps >= 1 and self.num_steps % self.iterations == 0, "num_steps",
              f"a positive multiple of config.dpo.iterations={self.iterations}"),
             (self.num_samples >= 2, "num_samples", ">= 2 (a pair needs two responses)"),
+            (self.prefill_chunk >= 0 and not self.prefill_chunk & (self.prefill_chunk - 1),
+             "prefill_chunk", "0 (one pass) or a power of two (it must divide the sampler's "
+             "power-of-two prompt buckets)"),
             (not self.rm_source or self.pairs == "sampled", "rm_source",
              "'' unless config.dpo.pairs='sampled' (it ranks sampled responses)"),
             (not self.refresh_reference or self.pairs == "sampled", "refresh_reference",
@@ -562,7 +568,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         compiles), and of the rounds' sampling."""
         common.log_memory_estimate("dpo", estimate_memory(
             s.model_config, s.mesh, 2 * c.batch_size, seq_len, optimizer=optimizer,
-            references=references, rollout=rollout, chunk_size=c.logprob_chunk), s.mesh)
+            references=references, rollout=rollout, prefill_chunk=c.prefill_chunk,
+            chunk_size=c.logprob_chunk), s.mesh)
 
     prompt_length = response_length = None
     if sampled:
@@ -571,7 +578,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         make_round, prompt_length, response_length = sampling[:3]
         held_out = sampling.held_out
         log_memory(prompt_length + response_length,
-                   (c.sample_batch_size, prompt_length, response_length, c.num_samples))
+                   (c.sample_batch_size, sampler_bucket(prompt_length), response_length,
+                    c.num_samples))
     else:
         def make_round(r: int, policy_params: Any) -> tuple[list[Pair], dict]:
             return train_pairs, {}
@@ -636,8 +644,8 @@ def _sampled_rounds(config: ml_collections.ConfigDict, c: DPOConfig, s: common.S
     # One shape for every round: the longest prompt (cut pairs are padded back to it).
     prompt_length = common.encode_prompts(s.tokenizer, all_prompts, data.prompt_bucket)[0].shape[1]
     response_length = bucket_length(data.max_response_len, data.response_bucket)
-    sampler = Sampler(model, common.sampling_config(s.tokenizer, data, c.temperature, c.num_samples),
-                      s.mesh)
+    sampler = Sampler(model, common.sampling_config(s.tokenizer, data, c.temperature, c.num_samples,
+                                                    prefill_chunk=c.prefill_chunk), s.mesh)
     if c.rm_source:
         rm_model = Transformer(s.model_config, head="score")
         rm_params = common.load_params(rm_model, c.rm_source, s.mesh, rm_rng, s.tokenizer)
