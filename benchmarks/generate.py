@@ -9,8 +9,9 @@ same config (torch, bfloat16, random init, do_sample, min_new_tokens = max_new_t
 Roofline: decoding is bound by reading the weights and the filled part of the KV cache once a
 step. bytes(step t) = weight bytes + 2 * L * B * (P + t) * KVH * Dh * itemsize, for the
 t = 0..R-1 steps of a call; roofline tok/s = B * R * bandwidth / sum_t bytes(t), with the
-bandwidth measured in this run (a jitted x + 1 over a large array: 2 * nbytes moved). Prefill
-time is left out, so the roofline is optimistic and "% roofline" conservative.
+bandwidth measured in this run (a jitted x + 1 over a large array on one device: 2 * nbytes
+moved) times the mesh's devices. Prefill time is left out, so the roofline is optimistic and
+"% roofline" conservative.
 
 Peak memory: rlr = the compiled call's argument + output + temporary bytes (XLA's memory
 analysis: params, cache, logits...); est = rlr.parallel.memory.estimate_memory(rollout=...)
@@ -22,6 +23,7 @@ this column checks bfloat16); HF = torch.cuda.max_memory_allocated over its runs
     python benchmarks/generate.py --models qwen2.5-0.5b --batches 64 --skip-hf
     python benchmarks/generate.py --batches 256 --decode unstacked,scanned   # token-loop A/B
     python benchmarks/generate.py --prompt-len 1024 --prefill-chunks 0,256   # chunked prefill A/B
+    python benchmarks/generate.py --tensor 2      # heads and MLP over 2 devices (data: the rest)
 """
 from __future__ import annotations
 
@@ -76,6 +78,8 @@ def parse_args(argv=None):
                    help="comma-separated token-loop variants, one rlr row each: unstacked "
                         "(per-layer weight copy, the default) and / or scanned "
                         "(SamplingConfig.unstack_layers=False)")
+    p.add_argument("--tensor", type=int, default=1,
+                   help="devices the heads and MLP are split over (mesh data = the rest, fsdp 1)")
     p.add_argument("--prefill-chunks", default="0",
                    help="comma-separated SamplingConfig.prefill_chunk values, one rlr row each "
                         "(0 = the whole prompt in one pass)")
@@ -215,8 +219,9 @@ def fmt_bytes(b):
     return f"{b / GiB:.2f}G" if b >= GiB / 10 else f"{b / 2 ** 20:.1f}M"
 
 
-def print_table(rows, bandwidth):
-    print(f"\nmeasured copy bandwidth: {bandwidth / 1e9:.0f} GB/s on {jax.devices()[0].device_kind}")
+def print_table(rows, bandwidth, mesh):
+    print(f"\nmeasured copy bandwidth: {bandwidth / 1e9:.0f} GB/s a device on "
+          f"{jax.devices()[0].device_kind}; mesh {dict(mesh.shape)}")
     header = (f"{'model':<16}{'batch':>6}{'decode':>10}{'chunk':>6}{'rlr tok/s':>12}{'HF tok/s':>11}"
               f"{'speedup':>9}{'roofline':>11}{'% roof':>8}{'rlr peak':>10}{'est':>8}{'HF peak':>9}"
               f"{'compile':>9}")
@@ -244,7 +249,7 @@ def main(argv=None):
     if hf is not None:
         print(f"torch {hf[0].__version__}, transformers {hf[1].__version__}, HF on {hf[2]} "
               f"{hf[3]}")
-    mesh = make_mesh()
+    mesh = make_mesh(tensor=args.tensor)
     rows = []
     for name in args.models:
         dtype = getattr(jnp, args.dtype)
@@ -256,7 +261,7 @@ def main(argv=None):
                            hf_note=hf_note)
                 row.update(bench_rlr(config, params, mesh, batch, decode, chunk, args))
                 row["roofline_tok_s"] = roofline_tokens_per_second(
-                    config, params, batch, args.prompt_len, args.new_tokens, bandwidth)
+                    config, params, batch, args.prompt_len, args.new_tokens, bandwidth * mesh.size)
                 print(f"{name} batch {batch} ({decode}, prefill chunk {chunk}): rlr {row['rlr_tok_s']:.0f} tok/s "
                       f"(compile {row['rlr_compile_s']:.1f} s)", flush=True)
                 rows.append(row)
@@ -272,7 +277,7 @@ def main(argv=None):
             del model
             if hf[2] == "cuda":
                 hf[0].cuda.empty_cache()
-    print_table(rows, bandwidth)
+    print_table(rows, bandwidth, mesh)
     for r in rows:
         print_row_profile(r, args.profile,
                           f"of rlr {r['model']} batch {r['batch']} ({r['decode']}, prefill "

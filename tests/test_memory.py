@@ -245,12 +245,14 @@ def test_estimate_parts_compose():
     cached = estimate_memory(CONFIG, **kw, rollout=(8, 32, 64, 2))
     assert cached.kv_cache == kv_cache_bytes(CONFIG, 16, 96, (1, 2, 1)) > 0
     assert plain.kv_cache == plain.decode_weights == plain.sampler_activations == 0
-    # The per-layer copy, gathered over fsdp (fsdp=2: plus the sharded slices it is gathered
-    # from): float32 compute copies the layers only, bfloat16 compute casts every weight.
+    # The per-layer copy gathered over fsdp: every weight whole, next to the sharded buffers it
+    # is gathered from, the layer slices (float32 compute) or every cast weight (bfloat16).
     def layers(mesh):
         return param_bytes(CONFIG, mesh) - param_bytes(CONFIG.replace(num_layers=0), mesh)
 
-    assert cached.decode_weights == layers(None) + layers((1, 2, 1))
+    assert cached.decode_weights == param_bytes(CONFIG) + layers((1, 2, 1))
+    one_device = estimate_memory(CONFIG, None, 8, 32, rollout=(8, 32, 64, 2))
+    assert one_device.decode_weights == layers(None)  # float32 on one device: the layers only
     bf16 = estimate_memory(CONFIG.replace(dtype=jnp.bfloat16), **kw, rollout=(8, 32, 64, 2))
     assert bf16.decode_weights == (param_bytes(CONFIG) + p_lm) // 2
     assert cached.sampler_activations > 0
@@ -335,10 +337,17 @@ def compiled_sampler_bytes(config, mesh, prompts, prompt_len, samples, prefill_c
     ((1, 1, 1), 32, 256, 1, {}, 0),  # long prompts: the prefill's [b, N, P, P] scores dominate
     ((1, 2, 2), 32, 256, 1, {}, 0),
     ((1, 2, 2), 32, 256, 1, {}, 64),  # ... prefilled 64 tokens at a time: [b, N, 64, P]
+    # One KV head a device (2 over tensor=2; 1 of 1): the token loop keeps more cache copies
+    ((1, 2, 2), 32, 256, 1, {}, 16),
+    ((1, 1, 2), 32, 64, 4, {}, 0),
+    ((1, 1, 1), 32, 64, 4, dict(num_kv_heads=1), 0),
     ((2, 2, 2), 16, 16, 4, dict(vocab_size=16384), 0),  # the token loop's logits dominate
     ((1, 1, 4), 8, 16, 1, dict(hidden_size=512, intermediate_size=2048, num_heads=8,
                                num_kv_heads=4), 0),  # weights dominate, split over tensor
     ((1, 4, 1), 8, 16, 1, dict(hidden_size=512, intermediate_size=2048), 0),  # ... over fsdp
+    # A large vocabulary: embedding and head gathered over fsdp (and the lookup's copy) ...
+    ((1, 2, 1), 8, 16, 1, dict(vocab_size=32768), 0),
+    ((1, 1, 2), 8, 16, 1, dict(vocab_size=32768, tie_embeddings=True), 0),  # ... or split by rows
 ])
 def test_sampling_estimate_within_20_percent_of_compiled_sampler(mesh_shape, prompts, prompt_len,
                                                                  samples, changes, chunk):

@@ -136,8 +136,8 @@ def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path, caplog):
     assert estimate.params == 2 * p_lm + 2 * p_score
     assert estimate.activations == activation_bytes(s.model_config, mesh, 8, width + 48, "none")
     assert estimate.kv_cache == kv_cache_bytes(s.model_config, 32, width + 48, mesh)
-    assert estimate.sampler_activations == sampler_activation_bytes(s.model_config, mesh, 8,
-                                                                    width, 32, prefill_chunk=8)
+    assert estimate.sampler_activations == sampler_activation_bytes(
+        s.model_config, mesh, 8, width, 32, prefill_chunk=8, new_tokens=48)
     assert estimate.scoring_activations == scoring_activation_bytes(s.model_config, mesh, 8,
                                                                     width + 48)  # 32 rows / 4
     assert f"ppo: estimated memory a device: {estimate.brief()}" in caplog.messages

@@ -9,6 +9,7 @@ device and on the 2x2x2 mesh).
 """
 import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -269,6 +270,25 @@ def test_chunked_prefill_gives_the_one_pass_rollout(base, chunk):
 
     # The chunks' loop (the scanned model's prefill scans its 2 layers inside it).
     assert 16 // chunk in scan_lengths(chunked_config) and 16 // chunk not in scan_lengths(base)
+
+
+@pytest.mark.parametrize("mesh_shape, unstack", [(None, True), (None, False), ((2, 2, 2), False)])
+def test_decode_writes_the_cache_in_place(mesh_shape, unstack):
+    """Each decode step writes its keys / values into the carried cache and attends to them
+    there: the compiled sampler copies no array of a layer's cache shape [(L,) B', KVH', S, Dh]
+    (KVCache's layout is the attention matmuls' operand layout), per-layer or stacked. The one
+    exception: the per-layer loop with one KV head a device (here the 2 over tensor=2 of the
+    (2, 2, 2) mesh), where XLA:CPU copies each layer's cache (DECODE_CACHE_COPIES in
+    rlr.parallel.memory); the stacked loop does not."""
+    _, model, params = hf_and_rlr()
+    s = sampler(dataclasses.replace(GREEDY, unstack_layers=unstack), mesh_shape)
+    tokens, mask = s.prepare(*prompts(0))
+    hlo = s.lower(params, tokens, mask, jax.random.key(0)).compile().as_text()
+    c, (data, fsdp, tensor) = model.config, mesh_shape or (1, 1, 1)
+    shape = (f"({c.num_layers},)?{B // (data * fsdp)},{c.num_kv_heads // tensor},"
+             f"{tokens.shape[1] + R},{c.head_dim}")
+    assert re.search(rf"= f32\[{shape}\]\{{[0-9,]*\}} dynamic-update-slice\(", hlo)  # the write
+    assert not re.findall(rf"= f32\[{shape}\]\{{[0-9,]*\}} copy\(", hlo)
 
 
 # ---------------------------------------------------------------- filters and sampling statistics

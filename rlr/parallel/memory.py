@@ -62,6 +62,12 @@ PREFILL_MLP_SCORES, PREFILL_MLP_BUFFERS = 1.5, 2.6
 # A forward without gradients over a batch (rlr.train.rollout_scoring.score_rollout), fitted
 # likewise: a share of one layer's saved residuals, or the float32 logits of one log-prob chunk.
 SCORING_LAYER_SHARE, SCORING_LOGIT_BUFFERS = 0.6, 1.05
+# Extra KV caches alive through the per-layer token loop (SamplingConfig.unstack_layers) when a
+# device holds one KV head (KVH' = 1): XLA drops the degenerate head axis of the attention's
+# cache operand, fuses each layer's cache update twice (for the carried cache and for that
+# reshaped operand) and copies the cache for each (XLA:CPU, jax 0.10; with KVH' >= 2 the update
+# is in place; tests/test_memory.py, tests/test_sampling.py).
+DECODE_CACHE_COPIES = 1.5
 
 
 def format_bytes(size: int) -> str:
@@ -197,32 +203,39 @@ def kv_cache_bytes(config: ModelConfig, rows: int, slots: int, mesh: MeshLike = 
     """
     sizes = mesh_sizes(mesh)
     row_shards = _axis_shards(BATCH_AXES, sizes)
-    heads = config.num_kv_heads
-    if heads % sizes["tensor"] == 0:
-        heads //= sizes["tensor"]
+    heads = _cache_kv_heads(config, sizes["tensor"])
     itemsize = jnp.dtype(dtype or config.dtype).itemsize
     return 2 * config.num_layers * _split(rows, row_shards) * slots * heads * config.head_dim * itemsize
+
+
+def _cache_kv_heads(config: ModelConfig, tensor: int) -> int:
+    """KV heads of the sampler's cache on one device: KVH / tensor when tensor divides KVH, else KVH."""
+    heads = config.num_kv_heads
+    return heads // tensor if heads % tensor == 0 else heads
 
 
 def decode_weight_bytes(config: ModelConfig, mesh: MeshLike = None, rules=DEFAULT_RULES) -> int:
     """Bytes per device of the sampler's per-layer weight copy (rlr.models.unstack_layers, made
     inside each generate call), in the compute dtype: every layer's weights (slices of the
-    stacked arrays are new buffers), and the other weights (embedding, final norm, LM head) only
-    when casting them makes a copy (param dtype != compute dtype). On a mesh the copy is
-    gathered whole over fsdp (rlr.sampling.generate), and with fsdp > 1 the sharded slices it is
-    gathered from count too (XLA keeps them: 81 MB a device at fsdp=4 for a 4-layer D=512 model
-    whose gathered copy is 50 MB and its slices 12.5 MB, tests/test_memory.py).
+    stacked arrays are new buffers), and the other weights (embedding, final norm, LM head)
+    when they are copied too: cast (param dtype != compute dtype) or gathered (fsdp > 1). On a
+    mesh the copy is gathered whole over fsdp (rlr.sampling.generate), and with fsdp > 1 the
+    sharded layer slices it is gathered from count too (XLA keeps them: 81 MB a device at
+    fsdp=4 for a 4-layer D=512 model whose gathered copy is 50 MB and its slices 12.5 MB,
+    tests/test_memory.py).
     """
     sizes = mesh_sizes(mesh)
     shapes, specs = abstract_model_params(config.replace(param_dtype=config.dtype), "lm")
+    made = (shapes, specs)  # new buffers on the params' own sharding: layer slices, cast weights
     if jnp.dtype(config.param_dtype) == jnp.dtype(config.dtype):
-        shapes, specs = shapes["layers"], specs["layers"]
-    gathered = _tree_bytes(shapes, specs, dict(sizes, fsdp=1), rules)
-    return gathered + (_tree_bytes(shapes, specs, sizes, rules) if sizes["fsdp"] > 1 else 0)
+        made = (shapes["layers"], specs["layers"])
+    if sizes["fsdp"] == 1:
+        return _tree_bytes(*made, sizes, rules)
+    return _tree_bytes(shapes, specs, dict(sizes, fsdp=1), rules) + _tree_bytes(*made, sizes, rules)
 
 
 def sampler_activation_bytes(config: ModelConfig, mesh: MeshLike, prompts: int, prompt_len: int,
-                             rows: int, prefill_chunk: int = 0) -> int:
+                             rows: int, prefill_chunk: int = 0, new_tokens: int = 0) -> int:
     """Peak bytes per device of what a generate call computes besides its params, weight copy and
     KV cache: the larger of its prefill and its token loop,
 
@@ -230,16 +243,19 @@ def sampler_activation_bytes(config: ModelConfig, mesh: MeshLike, prompts: int, 
                                             M = a b C F'    (one MLP activation)
       decode  = LOGIT_BUFFERS * 4 r V'      (float32 logits of one token and the sampling
                                             filters' buffers)
+                [+ DECODE_CACHE_COPIES * kv_cache_bytes(rows, P + new_tokens) when a device
+                 holds one KV head]
 
     b = ceil(prompts / (data fsdp)) prompts of P = prompt_len slots (the bucket) prefilled C
     tokens at a time (C = prefill_chunk, SamplingConfig.prefill_chunk; C = P when 0 or >= P),
-    r = ceil(rows / (data fsdp)) rows (prompts x samples), N', F', V' the heads, MLP width and
-    vocabulary over tensor, a the compute itemsize; c_a = PREFILL_ATTENTION_SCORES, c_s, c_m =
-    PREFILL_MLP_SCORES, PREFILL_MLP_BUFFERS. In one pass the prefill term grows as P^2: a batch
+    r = ceil(rows / (data fsdp)) rows (prompts x samples) of new_tokens each, N', F', V' the
+    heads, MLP width and vocabulary over tensor, a the compute itemsize; c_a =
+    PREFILL_ATTENTION_SCORES, c_s, c_m = PREFILL_MLP_SCORES, PREFILL_MLP_BUFFERS; the KV heads
+    a device as in kv_cache_bytes. In one pass the prefill term grows as P^2: a batch
     of long prompts needs more memory to prefill than its whole KV cache, which chunks of C
-    tokens bound to C P. On a mesh that splits the embedding (fsdp or tensor > 1), add V D a:
-    XLA's SPMD partitioner gathers the whole table for the token lookup (it logs "Involuntary
-    full rematerialization").
+    tokens bound to C P. With fsdp > 1, add V' D a: next to the table gathered over fsdp
+    (decode_weight_bytes) XLA keeps one more copy of it for the token lookup (tensor alone
+    splits the table by rows, and each device looks up its own).
     """
     sizes = mesh_sizes(mesh)
     shards = _axis_shards(BATCH_AXES, sizes)
@@ -252,10 +268,12 @@ def sampler_activation_bytes(config: ModelConfig, mesh: MeshLike, prompts: int, 
     prefill = max(PREFILL_ATTENTION_SCORES * scores,
                   PREFILL_MLP_SCORES * scores + PREFILL_MLP_BUFFERS * mlp)
     decode = LOGIT_BUFFERS * 4 * _split(rows, shards) * _split(config.vocab_size, sizes["tensor"])
-    gathered = 0
-    if sizes["fsdp"] * sizes["tensor"] > 1:  # the token lookup gathers the sharded embedding
-        gathered = config.vocab_size * config.hidden_size * a
-    return int(max(prefill, decode) + gathered)
+    if _cache_kv_heads(config, sizes["tensor"]) == 1:
+        decode += DECODE_CACHE_COPIES * kv_cache_bytes(config, rows, prompt_len + new_tokens, sizes)
+    lookup = 0
+    if sizes["fsdp"] > 1:  # a copy of the embedding gathered over fsdp, for the token lookup
+        lookup = _split(config.vocab_size, sizes["tensor"]) * config.hidden_size * a
+    return int(max(prefill, decode) + lookup)
 
 
 def _layer_widths(config: ModelConfig, tensor: int) -> dict[str, int]:
@@ -479,7 +497,7 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
         cache = kv_cache_bytes(model_config, prompts * samples, prompt_len + new_tokens, sizes)
         decode_weights = decode_weight_bytes(model_config, sizes, rules)
         sampler = sampler_activation_bytes(model_config, sizes, prompts, prompt_len,
-                                           prompts * samples, prefill_chunk)
+                                           prompts * samples, prefill_chunk, new_tokens)
     scored = 0 if scoring is None else scoring_activation_bytes(model_config, sizes, *scoring,
                                                                 chunk_size, rules)
     return MemoryEstimate(

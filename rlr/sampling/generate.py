@@ -66,7 +66,9 @@ class SamplingConfig:
     cache (unstack_cache): no copy of every layer's weights and cache out of the stacked arrays
     at every token, for the memory of one more model in the compute dtype (whole over fsdp:
     rlr.parallel.memory.decode_weight_bytes) and a longer compile (the layers unrolled).
-    False: the scanned model, sliced every token.
+    False: the scanned model, sliced every token. With one KV head a device (KVH / tensor = 1)
+    XLA:CPU copies each layer's cache at every token of the per-layer loop and not of the
+    scanned one (tests/test_sampling.py; benchmarks/RESULTS.md measures what it costs).
     prefill_chunk: prefill the prompts C tokens at a time (chunked prefill, as vLLM and
     Sarathi-Serve, Agrawal et al. 2024, schedule it), each chunk attending to the cache the
     earlier ones wrote: the prefill's attention scores and MLP activations shrink by P / C,
