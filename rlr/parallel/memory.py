@@ -62,6 +62,12 @@ PREFILL_MLP_SCORES, PREFILL_MLP_BUFFERS = 1.5, 2.6
 # A forward without gradients over a batch (rlr.train.rollout_scoring.score_rollout), fitted
 # likewise: a share of one layer's saved residuals, or the float32 logits of one log-prob chunk.
 SCORING_LAYER_SHARE, SCORING_LOGIT_BUFFERS = 0.6, 1.05
+# Whole [V, D] tables (the vocabulary unsplit too) a training pass with an LM head holds with
+# fsdp > 1: the head gathered for the logit chunks and one more table-sized buffer, fitted to
+# XLA:CPU's memory analysis of the SFT and DPO steps at V = 16,384-32,768, tied or not (SFT
+# 1.01-1.10 of the compiled peak, DPO 1.14-1.19; a score head's step holds none;
+# tests/test_memory.py).
+LM_HEAD_GATHERS = 2
 # Extra KV caches alive through the per-layer token loop (SamplingConfig.unstack_layers) when a
 # device holds one KV head (KVH' = 1): XLA drops the degenerate head axis of the attention's
 # cache operand, fuses each layer's cache update twice (for the carried cache and for that
@@ -331,6 +337,7 @@ def activation_bytes(config: ModelConfig, mesh: MeshLike, batch: int, seq_len: i
           W_logits = LOGIT_BUFFERS * 4 * rows * C * V'   one chunk of float32 logits (LM head;
                                                          V' = V / tensor, C = min(chunk, T))
       + one layer's params, gathered whole over fsdp (when fsdp > 1)
+      + LM_HEAD_GATHERS * V * D * a         the LM head gathered whole (lm head, fsdp > 1)
 
     remat defaults to config.remat; saved() is `saved_bytes_per_token`; a the compute itemsize.
     """
@@ -353,6 +360,8 @@ def activation_bytes(config: ModelConfig, mesh: MeshLike, batch: int, seq_len: i
         shapes, specs = abstract_model_params(c, head)
         stacked = _tree_bytes(shapes["layers"], specs["layers"], dict(sizes, fsdp=1), rules)
         gathered = stacked // c.num_layers
+        if head == "lm":
+            gathered += LM_HEAD_GATHERS * c.vocab_size * c.hidden_size * a
     return int(saved + working + gathered)
 
 
