@@ -63,10 +63,10 @@ PREFILL_MLP_SCORES, PREFILL_MLP_BUFFERS = 1.5, 2.6
 # likewise: a share of one layer's saved residuals, or the float32 logits of one log-prob chunk.
 SCORING_LAYER_SHARE, SCORING_LOGIT_BUFFERS = 0.6, 1.05
 # Whole [V, D] tables (the vocabulary unsplit too) a training pass with an LM head holds with
-# fsdp > 1: the head gathered for the logit chunks and one more table-sized buffer, fitted to
-# XLA:CPU's memory analysis of the SFT and DPO steps at V = 16,384-32,768, tied or not (SFT
-# 1.01-1.10 of the compiled peak, DPO 1.14-1.19; a score head's step holds none;
-# tests/test_memory.py).
+# fsdp > 1 beyond the terms above (the head gathered whole, and one more table-sized buffer;
+# the ops not traced), fitted to XLA:CPU's memory analysis of the SFT and DPO steps at
+# V = 16,384-32,768, tied or not (SFT 1.01-1.10 of the compiled peak, DPO 1.14-1.19; a score
+# head's step holds none; tests/test_memory.py, benchmarks/RESULTS.md).
 LM_HEAD_GATHERS = 2
 # Extra KV caches alive through the per-layer token loop (SamplingConfig.unstack_layers) when a
 # device holds one KV head (KVH' = 1): XLA drops the degenerate head axis of the attention's
