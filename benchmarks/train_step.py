@@ -33,6 +33,11 @@ N_score = N_lm - D V + D the critic's, a token costs 6 N + 12 L N_h Dh T to trai
 the full T x T score matrix). Step FLOPs: sft B T train(lm); dpo B T (train(lm) + forward(lm));
 ppo B T (train(lm) + train(score)). MFU = step FLOPs / (step time x peak), the peak being the
 dense bf16 datasheet rate (H100 SXM: 989 TFLOP/s), or --peak-tflops.
+"FLx" = the matmul FLOPs the traced rlr step executes (benchmarks/flops.py: recomputation
+included, the LM head on response tokens only) / its model FLOPs; the hardware FLOPs
+utilisation is MFU x FLx. Counted for --attention xla only (cuDNN's kernel is not a matmul of
+the jaxpr): "-" on cudnn rows, whose matmuls are the xla row's but for flash attention's own
+recomputation.
 
 Attention: --attention xla,cudnn measures rlr once with each ModelConfig.attention kernel
 (cudnn: cuDNN flash attention on rows packed to the front, rlr.models.decoder) beside one peer
@@ -69,6 +74,7 @@ import time
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from flops import matmul_flops  # noqa: E402  (benchmarks/flops.py)
 from op_profile import print_row_profile, profile_or_error  # noqa: E402  (benchmarks/op_profile.py)
 from timing import median_seconds  # noqa: E402  (benchmarks/timing.py)
 
@@ -176,23 +182,30 @@ def rlr_inputs(step: str, config, shape: Shape, minibatches: int, mesh):
                                 advantages=normal(), returns=normal(), old_values=normal()), mesh)
 
 
-def rlr_program(step: str, config, shape: Shape, args, mesh):
+def rlr_program(step: str, config, shape: Shape, args, mesh, abstract: bool = False):
     """(jitted step, its arguments as a list, indices of the arguments it returns updated,
-    number of optimizer steps a call makes, memory estimate)."""
+    number of optimizer steps a call makes, memory estimate). abstract: params and optimizer
+    states as ShapeDtypeStructs (nothing allocated: enough to trace the step)."""
     import jax
     import jax.numpy as jnp
 
     from rlr.models import Transformer
-    from rlr.parallel import init_model_params
+    from rlr.parallel import abstract_model_params, init_model_params
     from rlr.parallel.memory import estimate_memory
     from rlr.train.optim import OptimConfig, make_optimizer
-    from rlr.train.state import create_train_state
+    from rlr.train.state import abstract_train_state, create_train_state
 
     optim = OptimConfig(learning_rate=1e-6, warmup_steps=0, total_steps=1000)
     optimizer = make_optimizer(optim)
+
+    def new_state(model, key):  # (params, train state) of a model
+        params = (abstract_model_params(model, mesh) if abstract
+                  else init_model_params(model, key, mesh))
+        return params, (abstract_train_state if abstract else create_train_state)(
+            params, optimizer, jax.random.fold_in(key, 1))
+
     policy_model = Transformer(config)
-    params = init_model_params(policy_model, jax.random.key(0), mesh)
-    policy = create_train_state(params, optimizer, jax.random.key(1))
+    params, policy = new_state(policy_model, jax.random.key(0))
     batch = rlr_inputs(step, config, shape, args.minibatches, mesh)
     estimate = functools.partial(estimate_memory, config, mesh, shape.rows, shape.seq_len,
                                  optimizer=optimizer, chunk_size=args.chunk_size)
@@ -206,7 +219,8 @@ def rlr_program(step: str, config, shape: Shape, args, mesh):
         from rlr.train import dpo_step
 
         ref_dtype = getattr(jnp, args.reference_dtype)
-        reference = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(ref_dtype), p))(params)
+        cast = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(ref_dtype), p))
+        reference = jax.eval_shape(cast, params) if abstract else cast(params)
         fn = functools.partial(dpo_step.train_step, model=policy_model, optimizer=optimizer,
                                config=dpo_step.PreferenceConfig(logprob_chunk=args.chunk_size))
         return (jax.jit(fn, donate_argnums=(0,)), [policy, reference, batch], (0,), 1,
@@ -214,8 +228,7 @@ def rlr_program(step: str, config, shape: Shape, args, mesh):
     from rlr.train import ppo_step
 
     critic_model = Transformer(config, head="score")
-    critic_params = init_model_params(critic_model, jax.random.key(2), mesh)
-    critic = create_train_state(critic_params, optimizer, jax.random.key(3))
+    _, critic = new_state(critic_model, jax.random.key(2))
     update = ppo_step.UpdateConfig(epochs=1, num_minibatches=args.minibatches,
                                    logprob_chunk=args.chunk_size)
     fn = functools.partial(ppo_step.ppo_update, policy_model=policy_model,
@@ -252,8 +265,12 @@ def rlr_measure(name: str, shape: Shape, args) -> dict:
     fn, call_args, updated, opt_steps, estimate = rlr_program(shape.step, config, shape, args, mesh)
     start = time.perf_counter()
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
-        compiled = fn.lower(*call_args).compile()
+        traced = fn.trace(*call_args)
+        compiled = traced.lower().compile()
     compile_s = time.perf_counter() - start
+    # a call's matmul FLOPs, per optimizer step as `seconds` below
+    executed_flops = (matmul_flops(traced.jaxpr) / opt_steps if config.attention == "xla"
+                      else None)
     xla_bytes = compiled_bytes(compiled)
     limit = device_memory_limit()
     if limit and xla_bytes and xla_bytes > limit:
@@ -279,9 +296,43 @@ def rlr_measure(name: str, shape: Shape, args) -> dict:
                 step=shape.step, rows=shape.rows, seq_len=shape.seq_len, remat=config.remat,
                 attention=config.attention, first_loss=first_loss,
                 first_grad_norm=first_grad_norm, seconds=seconds,
-                compile_s=compile_s,
+                compile_s=compile_s, executed_flops=executed_flops,
                 xla_bytes=xla_bytes, estimate_bytes=estimate.training,
                 peak_bytes=stats.get("peak_bytes_in_use"), **profile)
+
+
+def rlr_flops_row(name: str, step: str, remat: str, args) -> dict:
+    """Model and executed matmul FLOPs of one rlr step at one remat policy, from its trace on
+    abstract params (nothing runs or is allocated: any size on any machine); B = --batch (8
+    under auto: the ratio does not depend on B)."""
+    import flax.linen as nn
+    import jax
+
+    from rlr.parallel import DEFAULT_RULES, make_mesh
+
+    rows = 8 if args.batch == "auto" else int(args.batch)
+    shape = Shape(step, rows, args.seq_len, args.prompt_len)
+    config = rlr_model_config(name, argparse.Namespace(**dict(vars(args), remat=remat)))
+    mesh = make_mesh()
+    fn, call_args, _, opt_steps, _ = rlr_program(step, config, shape, args, mesh, abstract=True)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        executed = matmul_flops(fn.trace(*call_args).jaxpr) / opt_steps
+    model = step_flops(config, shape)
+    return dict(model=name, step=step, remat=remat, rows=rows, model_flops=model,
+                executed_flops=executed, flops_ratio=executed / model)
+
+
+def print_flops_table(rows: list[dict]) -> None:
+    header = (f"{'step':<4} {'model':<13} {'remat':<5} {'B':>3} {'model TFLOP':>11} "
+              f"{'executed TFLOP':>14} {'FLx':>6}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['step']:<4} {r['model']:<13} {r['remat']:<5} {r['rows']:>3} "
+              f"{r['model_flops'] / 1e12:11.2f} {r['executed_flops'] / 1e12:14.2f} "
+              f"{r['flops_ratio']:6.3f}")
+    print("FLx = executed / model FLOPs a step (benchmarks/flops.py): the hardware FLOPs "
+          "utilisation a step needs for a given MFU is MFU x FLx")
 
 
 def rows_candidates(step: str, fixed) -> list[int]:
@@ -523,6 +574,9 @@ def parse_args(argv=None):
     p.add_argument("--profile", type=int, default=0, metavar="TOP",
                    help="trace one more rlr call and print its TOP ops by time and the time by "
                         "op kind (benchmarks/op_profile.py); 0 = off")
+    p.add_argument("--flops", action="store_true",
+                   help="only trace each rlr step at remat none, dots and full and print its "
+                        "executed / model FLOPs (no run, nothing allocated: any machine)")
     p.add_argument("--json", default=None, help="write the rows to this JSON file (after each row)")
     p.add_argument("--quick", action="store_true", help="tiny model, B=4, T=64 on a CPU: a smoke run")
     p.add_argument("--child", choices=("rlr", "torch"), help=argparse.SUPPRESS)
@@ -601,6 +655,8 @@ def add_rates(row: dict, args) -> dict:
     row["peak_tflops"] = device_peak_tflops(args, row["device"])
     row["tokens_per_s"] = shape.tokens / row["seconds"]
     row["mfu"] = step_flops(config, shape) / row["seconds"] / (row["peak_tflops"] * 1e12)
+    if row.get("executed_flops"):
+        row["flops_ratio"] = row["executed_flops"] / step_flops(config, shape)
     return row
 
 
@@ -608,9 +664,13 @@ def gib(b) -> str:
     return f"{b / GiB:6.2f}" if b else "     -"
 
 
+def ratio(x) -> str:
+    return f"{x:5.3f}" if x else "    -"
+
+
 def print_table(rows: list[dict]) -> None:
     header = (f"{'step':<4} {'model':<13} {'attn':<5}| {'B':>3} {'|grad|':>8} {'ms/step':>8} "
-              f"{'tok/s':>8} {'MFU':>5} {'XLA':>6} {'est':>6} {'peak':>6} {'compile':>7} | "
+              f"{'tok/s':>8} {'MFU':>5} {'FLx':>5} {'XLA':>6} {'est':>6} {'peak':>6} {'compile':>7} | "
               f"{'B':>3} {'ms/step':>8} {'tok/s':>8} {'MFU':>5} {'peak':>6} | {'speedup':>7}")
     devices = sorted({r["device"] for r in rows if "device" in r})
     print(f"\nrlr (left) vs torch + transformers eager (right) on {', '.join(devices)}; "
@@ -627,10 +687,10 @@ def print_table(rows: list[dict]) -> None:
             if "seconds" in r:
                 line += (f"{r['rows']:>3} {r['first_grad_norm']:8.4g} {r['seconds'] * 1e3:8.1f} "
                          f"{r['tokens_per_s']:8.0f} "
-                         f"{r['mfu']:5.3f} {gib(r['xla_bytes'])} {gib(r['estimate_bytes'])} "
+                         f"{r['mfu']:5.3f} {ratio(r.get('flops_ratio'))} {gib(r['xla_bytes'])} {gib(r['estimate_bytes'])} "
                          f"{gib(r['peak_bytes'])} {r['compile_s']:6.0f}s | ")
             else:
-                line += f"{'rlr failed: ' + r.get('error', '?')[:60]:<66}| "
+                line += f"{'rlr failed: ' + r.get('error', '?')[:60]:<72}| "
             if h and "seconds" in h:
                 line += (f"{h['rows']:>3} {h['seconds'] * 1e3:8.1f} {h['tokens_per_s']:8.0f} "
                          f"{h['mfu']:5.3f} {gib(h['peak_bytes'])} | ")
@@ -640,7 +700,7 @@ def print_table(rows: list[dict]) -> None:
                 line += f"torch failed: {h.get('error', '?')[:80]}"
             print(line)
     print("|grad| = the policy gradient norm of rlr's first call (initial params, equal across "
-          "kernels within bf16); speedup = rlr tokens/s / torch tokens/s (each at its own "
+          "kernels within bf16); FLx = executed / model FLOPs (HFU = MFU x FLx); speedup = rlr tokens/s / torch tokens/s (each at its own "
           "largest B)")
 
 
@@ -657,6 +717,13 @@ def main(argv=None):
     args = parse_args(argv)
     if args.child:
         return child_main(args)
+    if args.flops:
+        print(f"T={args.seq_len} (prompt {args.prompt_len}), log-prob chunk {args.chunk_size}, "
+              f"PPO minibatches {args.minibatches} (FLOPs of one), attention {args.attention}")
+        rows = [rlr_flops_row(model, step, remat, args) for model in args.models.split(",")
+                for step in args.steps.split(",") for remat in ("none", "dots", "full")]
+        print_flops_table(rows)
+        return rows
     # The driver never touches the GPU itself: each measurement runs in its own process.
     print(f"T={args.seq_len} (prompt {args.prompt_len}), batch {args.batch}, remat {args.remat}, "
           f"attention {args.attention}, compute {args.dtype}, log-prob chunk {args.chunk_size}, "

@@ -21,7 +21,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rlr.models import Transformer, get_config
-from rlr.parallel import DEFAULT_RULES, make_mesh, param_shardings
+from rlr.parallel import DEFAULT_RULES, abstract_model_params, make_mesh
 from rlr.parallel.memory import (MemoryEstimate, device_memory_limit, estimate_memory, format_bytes,
                                  kv_cache_bytes, mesh_sizes, optimizer_state_bytes, param_bytes,
                                  saved_bytes_per_token, scoring_activation_bytes)
@@ -39,15 +39,6 @@ from rlr.train.state import abstract_train_state
 CONFIG = get_config("tiny", vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4,
                     num_heads=4, num_kv_heads=2, head_dim=32, dtype=jnp.float32)
 STEP_AND_KEY_BYTES = 4 + 8  # TrainState.step (int32) and its threefry key (2 x uint32)
-
-
-def abstract_params_of(model, mesh):
-    """ShapeDtypeStructs of `model`'s params, sharded on `mesh` (nothing allocated)."""
-    shapes, _ = abstract_params(lambda: model.init(
-        jax.random.key(0), jnp.zeros((1, 8), jnp.int32), jnp.zeros((1, 8), jnp.int32),
-        jnp.ones((1, 8), bool))["params"])
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, param_shardings(model, mesh))
 
 
 def rows_of(mesh, shape, dtype):
@@ -75,7 +66,7 @@ def compiled_step(step, config, mesh, batch, seq_len, chunk, prompt_len=32, mini
     optim = OptimConfig()
     optimizer = make_optimizer(optim)
     policy_model = Transformer(config, head="score" if step == "rm" else "lm")
-    policy_params = abstract_params_of(policy_model, mesh)
+    policy_params = abstract_model_params(policy_model, mesh)
     policy = abstract_train_state(policy_params, optimizer, jax.random.key(1))
     response_len = seq_len - prompt_len
     if step == "sft":
@@ -105,7 +96,7 @@ def compiled_step(step, config, mesh, batch, seq_len, chunk, prompt_len=32, mini
         args, donated = (policy, policy_params, data), (0,)
     else:
         critic_model = Transformer(config, head="score")
-        critic = abstract_train_state(abstract_params_of(critic_model, mesh), optimizer,
+        critic = abstract_train_state(abstract_model_params(critic_model, mesh), optimizer,
                                       jax.random.key(2))
         n = batch * minibatches
         data = ppo_step.PPOBatch(rows_of(mesh, (n, prompt_len), jnp.int32),
@@ -182,7 +173,7 @@ def compiled_scoring_temporaries(config, mesh, rows, seq_len, slices, chunk, pro
     """XLA's temporaries (bytes a device) of PPO's jitted scoring (rlr.train.ppo.score) of
     `rows` rollout rows in `slices` row slices, with policy, reference, critic, ORM and PRM."""
     lm, score = Transformer(config), Transformer(config, head="score")
-    params = {name: abstract_params_of(lm if name in ("policy", "ref") else score, mesh)
+    params = {name: abstract_model_params(lm if name in ("policy", "ref") else score, mesh)
               for name in ("policy", "ref", "critic", "orm", "prm")}
     r = seq_len - prompt_len
     rollout = Rollout(rows_of(mesh, (rows, prompt_len), jnp.int32),
@@ -342,7 +333,7 @@ def compiled_sampler_bytes(config, mesh, prompts, prompt_len, samples, prefill_c
                                             prefill_chunk=prefill_chunk), mesh)
     tokens, mask = sampler.prepare(np.ones((prompts, prompt_len), np.int32),
                                    np.ones((prompts, prompt_len), bool))
-    return peak_bytes(sampler.lower(abstract_params_of(model, mesh), tokens, mask,
+    return peak_bytes(sampler.lower(abstract_model_params(model, mesh), tokens, mask,
                                     jax.random.key(0)).compile().memory_analysis())
 
 

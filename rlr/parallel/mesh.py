@@ -62,28 +62,34 @@ def init_sharded(init_fn: Callable, mesh: Mesh, *args, rules=DEFAULT_RULES) -> A
         return jax.jit(lambda *a: nn.meta.unbox(init_fn(*a)), out_shardings=shardings)(*args)
 
 
-def init_model_params(model: nn.Module, rng: jax.Array, mesh: Mesh, batch: int = 1,
-                      length: int = 8, rules=DEFAULT_RULES) -> Any:
-    """Sharded params of a `rlr.models.Transformer` (the `params` collection, unboxed)."""
+def _model_init(model: nn.Module, batch: int = 1, length: int = 8) -> Callable:
+    """key -> the (boxed) `params` collection of a `rlr.models.Transformer`, initialised on
+    [batch, length] dummy tokens."""
     import jax.numpy as jnp
 
     tokens = jnp.zeros((batch, length), jnp.int32)
     mask = jnp.ones((batch, length), bool)
+    return lambda key: model.init(key, tokens, tokens, mask)["params"]
 
-    def init(key):
-        return model.init(key, tokens, tokens, mask)["params"]
 
-    return init_sharded(init, mesh, rng, rules=rules)
+def init_model_params(model: nn.Module, rng: jax.Array, mesh: Mesh, batch: int = 1,
+                      length: int = 8, rules=DEFAULT_RULES) -> Any:
+    """Sharded params of a `rlr.models.Transformer` (the `params` collection, unboxed)."""
+    return init_sharded(_model_init(model, batch, length), mesh, rng, rules=rules)
 
 
 def param_shardings(model: nn.Module, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
     """The NamedSharding of every parameter of `model` (same tree as its params)."""
-    import jax.numpy as jnp
-
-    tokens = jnp.zeros((1, 8), jnp.int32)
-    _, specs = abstract_params(
-        lambda: model.init(jax.random.key(0), tokens, tokens, jnp.ones((1, 8), bool))["params"])
+    _, specs = abstract_params(_model_init(model), jax.random.key(0))
     return logical_to_sharding(specs, mesh, rules)
+
+
+def abstract_model_params(model: nn.Module, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
+    """The params `init_model_params` would make, as jax.ShapeDtypeStruct leaves carrying their
+    shardings: nothing allocated, enough to trace or compile a step (or to restore into)."""
+    shapes, specs = abstract_params(_model_init(model), jax.random.key(0))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, logical_to_sharding(specs, mesh, rules))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
