@@ -190,7 +190,7 @@ def rlr_program(step: str, config, shape: Shape, args, mesh, abstract: bool = Fa
     import jax.numpy as jnp
 
     from rlr.models import Transformer
-    from rlr.parallel import abstract_model_params, init_model_params
+    from rlr.parallel import abstract_sharded_params, init_model_params
     from rlr.parallel.memory import estimate_memory
     from rlr.train.optim import OptimConfig, make_optimizer
     from rlr.train.state import abstract_train_state, create_train_state
@@ -199,7 +199,7 @@ def rlr_program(step: str, config, shape: Shape, args, mesh, abstract: bool = Fa
     optimizer = make_optimizer(optim)
 
     def new_state(model, key):  # (params, train state) of a model
-        params = (abstract_model_params(model, mesh) if abstract
+        params = (abstract_sharded_params(model, mesh) if abstract
                   else init_model_params(model, key, mesh))
         return params, (abstract_train_state if abstract else create_train_state)(
             params, optimizer, jax.random.fold_in(key, 1))

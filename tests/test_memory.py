@@ -21,7 +21,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rlr.models import Transformer, get_config
-from rlr.parallel import DEFAULT_RULES, abstract_model_params, make_mesh
+from rlr.parallel import DEFAULT_RULES, abstract_sharded_params, make_mesh
 from rlr.parallel.memory import (MemoryEstimate, device_memory_limit, estimate_memory, format_bytes,
                                  kv_cache_bytes, mesh_sizes, optimizer_state_bytes, param_bytes,
                                  saved_bytes_per_token, scoring_activation_bytes)
@@ -66,7 +66,7 @@ def compiled_step(step, config, mesh, batch, seq_len, chunk, prompt_len=32, mini
     optim = OptimConfig()
     optimizer = make_optimizer(optim)
     policy_model = Transformer(config, head="score" if step == "rm" else "lm")
-    policy_params = abstract_model_params(policy_model, mesh)
+    policy_params = abstract_sharded_params(policy_model, mesh)
     policy = abstract_train_state(policy_params, optimizer, jax.random.key(1))
     response_len = seq_len - prompt_len
     if step == "sft":
@@ -96,7 +96,7 @@ def compiled_step(step, config, mesh, batch, seq_len, chunk, prompt_len=32, mini
         args, donated = (policy, policy_params, data), (0,)
     else:
         critic_model = Transformer(config, head="score")
-        critic = abstract_train_state(abstract_model_params(critic_model, mesh), optimizer,
+        critic = abstract_train_state(abstract_sharded_params(critic_model, mesh), optimizer,
                                       jax.random.key(2))
         n = batch * minibatches
         data = ppo_step.PPOBatch(rows_of(mesh, (n, prompt_len), jnp.int32),
@@ -173,7 +173,7 @@ def compiled_scoring_temporaries(config, mesh, rows, seq_len, slices, chunk, pro
     """XLA's temporaries (bytes a device) of PPO's jitted scoring (rlr.train.ppo.score) of
     `rows` rollout rows in `slices` row slices, with policy, reference, critic, ORM and PRM."""
     lm, score = Transformer(config), Transformer(config, head="score")
-    params = {name: abstract_model_params(lm if name in ("policy", "ref") else score, mesh)
+    params = {name: abstract_sharded_params(lm if name in ("policy", "ref") else score, mesh)
               for name in ("policy", "ref", "critic", "orm", "prm")}
     r = seq_len - prompt_len
     rollout = Rollout(rows_of(mesh, (rows, prompt_len), jnp.int32),
@@ -333,7 +333,7 @@ def compiled_sampler_bytes(config, mesh, prompts, prompt_len, samples, prefill_c
                                             prefill_chunk=prefill_chunk), mesh)
     tokens, mask = sampler.prepare(np.ones((prompts, prompt_len), np.int32),
                                    np.ones((prompts, prompt_len), bool))
-    return peak_bytes(sampler.lower(abstract_model_params(model, mesh), tokens, mask,
+    return peak_bytes(sampler.lower(abstract_sharded_params(model, mesh), tokens, mask,
                                     jax.random.key(0)).compile().memory_analysis())
 
 

@@ -84,7 +84,7 @@ def param_shardings(model: nn.Module, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
     return logical_to_sharding(specs, mesh, rules)
 
 
-def abstract_model_params(model: nn.Module, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
+def abstract_sharded_params(model: nn.Module, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
     """The params `init_model_params` would make, as jax.ShapeDtypeStruct leaves carrying their
     shardings: nothing allocated, enough to trace or compile a step (or to restore into)."""
     shapes, specs = abstract_params(_model_init(model), jax.random.key(0))
