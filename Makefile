@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q --durations=20 tests; status=$$?; \
 	echo "test suite time: $$(( $$(date +%s) - start )) s"; exit $$status
 
-# The marked-slow checks (`rlr fetch` first for the SmolLM2 parity), with XLA:CPU's exact
+# The marked-slow check (`rlr fetch` first: the SmolLM2 parity), with XLA:CPU's exact
 # float32 dot (see tests/test_gguf.py EXACT_DOT_FLAG).
 test-slow: $(STAMP)
 	XLA_FLAGS="$(XLA_FLAGS) --xla_cpu_experimental_ynn_fusion_type=" $(PY) -m pytest -q -s -m slow tests

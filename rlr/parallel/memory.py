@@ -148,9 +148,10 @@ def _tree_bytes(shapes: Any, specs: Any, sizes, rules) -> int:
 
 
 def device_memory_limit(device: Optional[jax.Device] = None) -> Optional[int]:
-    """Bytes jax may allocate on `device` (default: the first device): its allocator's
-    memory_stats()["bytes_limit"] on GPU and TPU; None where the backend does not say (CPU)."""
-    stats = (device or jax.devices()[0]).memory_stats()
+    """Bytes jax may allocate on `device` (default: this process's first device; another
+    process's devices have no stats to read): its allocator's memory_stats()["bytes_limit"] on
+    GPU and TPU; None where the backend does not say (CPU)."""
+    stats = (device or jax.local_devices()[0]).memory_stats()
     return stats.get("bytes_limit") if stats else None
 
 

@@ -228,7 +228,7 @@ def log_memory_estimate(trainer: str, estimate: MemoryEstimate, mesh: jax.shardi
     compiles, beside the device's memory where the backend gives it (GPU, TPU); a warning when
     the estimated peak is above it, so that a plan that cannot fit is known before a long
     compile ends in an out-of-memory error."""
-    limit = device_memory_limit(mesh.devices.flat[0])
+    limit = device_memory_limit(mesh.local_devices[0])
     text = f"{trainer}: estimated memory a device: {estimate.brief()}"
     if limit is None:
         log.info("%s", text)
