@@ -2,6 +2,7 @@
 would start, and that the multi-process environment is the one
 rlr.parallel.initialize_distributed reads. gcloud and nvidia-smi are stubs on PATH, so no test
 can reach a cloud or depend on a GPU. Then a real two-process run on the CPU."""
+import json
 import os
 import shlex
 import subprocess
@@ -144,25 +145,62 @@ def test_tpu_vm_errors(stub_path):
     assert unknown.returncode == 2 and "unknown subcommand" in unknown.stderr
 
 
-def test_two_process_sft_on_cpu(stub_path, tmp_path):
-    """A real run: 2 CPU processes x 2 simulated devices joined by jax.distributed (gloo),
-    4 SFT steps of the tiny model; process 0 writes the metrics, all write the checkpoint.
-    20-40 s on a 2-core machine (two processes compile the step). It is in the default suite
-    because only a second process finds code that reads another process's devices (process 1
-    died on `memory_stats()` of the mesh's first device until 2026-12-04)."""
-    workdir = tmp_path / "run"
+def run_two_processes(stub_path, tmp_path, stage: str, *rlr_args: str) -> str:
+    """`rlr` over launchers/gpu_multiprocess.sh: 2 CPU processes x 2 simulated devices joined
+    by jax.distributed (gloo); returns the run folder tmp_path / stage."""
     env = dict(os.environ, PATH=stub_path, PYTHON=sys.executable)
     env.pop("XLA_FLAGS", None)
+    workdir = tmp_path / stage
     out = subprocess.run(
         ["bash", os.path.join(LAUNCHERS, "gpu_multiprocess.sh"), "--num-processes", "2",
-         "--cpu-devices", "2", "--port", "23917", "--log-dir", str(tmp_path / "logs"),
-         "--config", "experiments/sft.py", "--workdir", str(workdir),
-         "--config.sft.num_steps=4", "--config.optim.warmup_steps=0",
-         "--config.eval.num_problems=0", "--config.data.num_train=64",
-         "--config.data.num_eval=8"],
+         "--cpu-devices", "2", "--port", "23917", "--log-dir", str(tmp_path / f"{stage}-logs"),
+         *rlr_args, "--workdir", str(workdir)],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "process 1 of 2, 4 devices" in (tmp_path / "logs" / "process_1.log").read_text()
-    metrics = (workdir / "metrics.jsonl").read_text().splitlines()
-    assert '"step": 4' in metrics[-1]
-    assert (workdir / "checkpoints").is_dir()
+    assert out.returncode == 0, (stage, out.stderr[-3000:])
+    assert "process 1 of 2, 4 devices" in (tmp_path / f"{stage}-logs" / "process_1.log").read_text()
+    return workdir
+
+
+def last_metrics(workdir) -> dict:
+    """The metrics.jsonl records of the last step, merged (training and eval lines)."""
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    last = records[-1]["step"]
+    return {k: v for r in records if r["step"] == last for k, v in r.items()}
+
+
+def test_two_process_pipeline_on_cpu(stub_path, tmp_path):
+    """The reward-hacking pipeline's stages as real 2-process runs: SFT with its greedy eval,
+    labelling the SFT policy's samples, an ORM, and PPO with that ORM and its eval. Every
+    stage that generates or scores splits its rows between the processes and gathers them back
+    (rlr.train.common.global_batches), PPO's rollout keeps each process's rows; process 0
+    writes the files. 1.5-3 min on a 2-core machine. It is in the default suite because only a
+    second process finds code that reads another process's devices: until 2026-12-04 every
+    trainer died there (the memory-estimate log read the mesh's first device; the evals read
+    whole batch-split arrays; PPO placed its key with device_put)."""
+    tiny = ["--config.model.name=synthetic-1m", "--config.optim.warmup_steps=0"]
+    sft = run_two_processes(stub_path, tmp_path, "sft", "--config", "experiments/sft.py", *tiny,
+                            "--config.sft.num_steps=4", "--config.eval.every_steps=4",
+                            "--config.eval.num_problems=8", "--config.eval.batch_size=8",
+                            "--config.data.num_train=64", "--config.data.num_eval=8")
+    metrics = last_metrics(sft)
+    assert metrics["step"] == 4 and 0 <= metrics["eval/accuracy"] <= 1
+    assert (sft / "checkpoints").is_dir() and (sft / "params_info.json").is_file()
+    label = run_two_processes(stub_path, tmp_path, "label", "--config", "experiments/label.py",
+                              *tiny, f"--config.label.policy_source={sft}",
+                              "--config.label.num_problems=12", "--config.label.num_samples=2",
+                              "--config.label.batch_size=8")
+    records = [json.loads(line) for line in (label / "labelled.jsonl").read_text().splitlines()]
+    assert len(records) == 12 * 2  # each problem's samples once: rows split, gathered, one writer
+    orm = run_two_processes(stub_path, tmp_path, "orm", "--config", "experiments/orm.py", *tiny,
+                            f"--config.rm.init_source={sft}", f"--config.rm.data_path={label}",
+                            "--config.rm.num_steps=2", "--config.rm.batch_size=8",
+                            "--config.eval.batch_size=8")
+    assert "eval/accuracy" in last_metrics(orm)
+    ppo = run_two_processes(stub_path, tmp_path, "ppo", "--config", "experiments/ppo.py:orm",
+                            *tiny, f"--config.ppo.policy_source={sft}",
+                            f"--config.rewards.orm_source={orm}", "--config.ppo.num_iterations=2",
+                            "--config.ppo.prompts_per_iteration=8", "--config.sampling.num_samples=2",
+                            "--config.eval.every_steps=2", "--config.eval.num_problems=8",
+                            "--config.eval.batch_size=8")
+    metrics = last_metrics(ppo)
+    assert metrics["step"] == 2 and "eval/accuracy" in metrics and "orm/score_mean" in metrics

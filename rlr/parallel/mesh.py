@@ -110,6 +110,43 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     return jax.tree.map(put, batch)
 
 
+def host_local_rows(x: jax.Array, mesh: Mesh) -> np.ndarray:
+    """This process's rows of a global array split over (data, fsdp), as numpy: the inverse of
+    `shard_batch` (all the rows with one process)."""
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    spec = P(BATCH_AXES, *([None] * (x.ndim - 1)))
+    return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
+
+
+def gather_rows(x: jax.Array) -> np.ndarray:
+    """Every row of a global array as numpy, on every process: with several processes an
+    all-gather (a collective: every process must call it), else a device_get."""
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def process_rows(rows: int) -> slice:
+    """This process's share of a global batch of `rows` host rows, as `shard_batch` joins them
+    (process p's rows follow process p - 1's); rows must divide by the process count."""
+    count, index = jax.process_count(), jax.process_index()
+    if rows % count:
+        raise ValueError(f"a batch of {rows} rows does not split over {count} processes")
+    share = rows // count
+    return slice(index * share, (index + 1) * share)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Every leaf of `tree` whole on every device of `mesh`: a jitted identity, which (unlike
+    device_put) also places values when the mesh spans processes (each passes the same tree)."""
+    return jax.jit(lambda t: t, out_shardings=NamedSharding(mesh, P()))(tree)
+
+
 def initialize_distributed() -> bool:
     """Start multi-host JAX when the launcher asked for it; return whether it did.
 

@@ -34,7 +34,8 @@ from rlr.data.batching import left_pad, right_pad
 from rlr.data.tokenizer import Tokenizer, load_tokenizer
 from rlr.losses.reward_model import gather_at, last_token_scores
 from rlr.models import ModelConfig, Transformer, lm_head_weight, token_logprobs
-from rlr.parallel import DEFAULT_RULES, init_model_params, make_mesh, param_shardings
+from rlr.parallel import (DEFAULT_RULES, gather_rows, init_model_params, make_mesh,
+                          param_shardings, process_rows)
 from rlr.parallel.memory import MemoryEstimate, device_memory_limit, format_bytes
 from rlr.rewards.segment import split_steps, step_arrays, step_end_tokens
 from rlr.sampling import Sampler, SamplingConfig
@@ -365,8 +366,9 @@ def load_params(model: Transformer, source: Optional[str], mesh: jax.sharding.Me
                               f"run, holding {PARAMS_INFO}, or a Hugging Face checkpoint directory)")
     if os.path.isfile(os.path.join(source, PARAMS_INFO)):
         return _load_export(model, source, mesh, rng)
-    if os.path.isfile(os.path.join(source, "config.json")) and not os.path.isdir(
-            os.path.join(source, "checkpoints")):
+    run_folder = any(os.path.exists(os.path.join(source, name))  # what `rlr` writes first
+                     for name in ("checkpoints", "config.txt"))
+    if os.path.isfile(os.path.join(source, "config.json")) and not run_folder:
         return _load_hf(model, source, mesh, rng)
     raise CheckpointError(f"{source}: holds neither {PARAMS_INFO} (an rlr run's export: did that "
                           f"run finish?) nor a Hugging Face config.json")
@@ -561,21 +563,32 @@ def sampling_config(tokenizer: Tokenizer, data: Any, temperature: float = 0.0,
                           unstack_layers=unstack_layers, prefill_chunk=prefill_chunk)
 
 
+def global_batches(num_rows: int, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+    """Calls over `num_rows` rows that every process holds, `batch_size` rows a call across all
+    processes: for each call, (this process's row indices [batch_size / processes], how many of
+    the call's rows are real). The last call is filled with repeats of the last row, so every
+    call has one shape (one compilation); its outputs, gathered (`gather_rows`), keep their
+    first `kept` rows."""
+    mine = process_rows(batch_size)
+    for start in range(0, num_rows, batch_size):
+        index = np.minimum(np.arange(start, start + batch_size), num_rows - 1)
+        yield index[mine], min(batch_size, num_rows - start)
+
+
 def generate_texts(sampler: Sampler, params: Any, tokenizer: Tokenizer, prompts: Sequence[str],
                    rng: jax.Array, batch_size: int, bucket: int = 16) -> list[list[str]]:
     """Responses [len(prompts)][n] (n = sampler.config.num_samples) to prompt texts, generated
-    `batch_size` prompts a call (all prompts padded to one length, the last batch filled with
-    repeats, so the sampler compiles once). Each batch uses its own fold of `rng`."""
+    `batch_size` prompts a call (all prompts padded to one length, `global_batches`, so the
+    sampler compiles once). Each call uses its own fold of `rng`. With several processes, each
+    passes the same prompts, generates its share of every call and gets every response."""
     if not prompts:
         return []
     tokens, mask = encode_prompts(tokenizer, prompts, bucket)
     n, out = sampler.config.num_samples, []
-    for b, start in enumerate(range(0, len(prompts), batch_size)):
-        rows = np.minimum(np.arange(start, start + batch_size), len(prompts) - 1)
+    for b, (rows, kept) in enumerate(global_batches(len(prompts), batch_size)):
         rollout = sampler(params, tokens[rows], mask[rows], jax.random.fold_in(rng, b))
-        texts = decode_responses(tokenizer, *jax.device_get((rollout.response_tokens,
-                                                              rollout.response_mask)))
-        kept = min(batch_size, len(prompts) - start)
+        texts = decode_responses(tokenizer, gather_rows(rollout.response_tokens),
+                                 gather_rows(rollout.response_mask))
         out.extend(texts[i * n:(i + 1) * n] for i in range(kept))
     return out
 

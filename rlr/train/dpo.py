@@ -59,7 +59,7 @@ from rlr.data.batching import BatchIterator, bucket_length
 from rlr.data.builders._io import get_field, parse_jsonl
 from rlr.data.tokenizer import Tokenizer
 from rlr.models import Transformer
-from rlr.parallel import shard_batch
+from rlr.parallel import gather_rows, shard_batch
 from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler, bucket_length as sampler_bucket
 from rlr.train import common, dpo_step
@@ -437,10 +437,9 @@ def rm_scores(s: common.Setup, rm_model: Transformer, rm_params: Any, data: Any,
                                             max_len=d.max_response_len, length=response_length)
         out = []
         with common.model_context(s.mesh):
-            for start in range(0, len(flat), rows_per_call):
-                index = np.minimum(np.arange(start, start + rows_per_call), len(flat) - 1)
+            for index, kept in common.global_batches(len(flat), rows_per_call):
                 arrays = shard_batch((pt[index], pm[index], rt[index], rmask[index]), s.mesh)
-                out.extend(np.asarray(jax.device_get(verdicts(rm_params, *arrays)))[:len(flat) - start])
+                out.extend(gather_rows(verdicts(rm_params, *arrays))[:kept])
         it = iter(float(v) for v in out)
         return [[next(it) for _ in rs] for rs in responses]
 

@@ -44,13 +44,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from rlr.config import ConfigError, to_config_dict, to_dataclass
 from rlr.data.synthetic import repetition_rate
 from rlr.losses.ppo import running_stats_init
 from rlr.models import Transformer
-from rlr.parallel import BATCH_AXES, shard_batch
+from rlr.parallel import host_local_rows, replicate, shard_batch
 from rlr.parallel.memory import MemoryEstimate, estimate_memory
 from rlr.rewards.segment import split_steps
 from rlr.rewards.shaping import RewardSpec
@@ -347,20 +346,6 @@ def _copy(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False), tree)
 
 
-def host_rows(x: jax.Array, mesh) -> np.ndarray:
-    """This host's rows of a batch-sharded global array, as numpy (all rows on one host)."""
-    if x.is_fully_addressable:
-        return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
-
-    spec = PartitionSpec(BATCH_AXES, *([None] * (x.ndim - 1)))
-    return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
-
-
-def _replicated(tree: Any, mesh) -> Any:
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
-
-
 # ----------------------------------------------------------------------------- metrics, samples
 
 
@@ -407,8 +392,8 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
 
     def evaluate(state, step: int) -> dict:
         responses = [r[0] for r in common.generate_texts(
-            sampler, state["policy"].params, s.tokenizer, prompts, rng,
-            config.eval.batch_size // jax.process_count(), data.prompt_bucket)]
+            sampler, state["policy"].params, s.tokenizer, prompts, rng, config.eval.batch_size,
+            data.prompt_bucket)]
         lengths = [len(s.tokenizer.encode(r)) for r in responses]
         metrics = response_stats(responses, lengths, delimiter)
         correct = [common.answer_correct(data, e, r) if checked else None
@@ -511,7 +496,7 @@ def initial_state(config: ml_collections.ConfigDict, s: common.Setup, run: Run,
                                               getattr(run.rewards, f"{name}_source"), s.mesh,
                                               keys[1], s.tokenizer)
     state = {"policy": create_train_state(policy, make_optimizer(run.policy_optim), keys[2]),
-             "rng": _replicated(keys[3], s.mesh)}
+             "rng": replicate(keys[3], s.mesh)}
     if models.critic is not None:
         critic = common.load_params(models.critic, c.critic_source or policy_source, s.mesh,
                                     keys[4], s.tokenizer)
@@ -519,7 +504,7 @@ def initial_state(config: ml_collections.ConfigDict, s: common.Setup, run: Run,
     if c.reference == "ema":
         state["ref"] = frozen.pop("ref")
     if c.value_norm:
-        state["value_stats"] = _replicated(running_stats_init(), s.mesh)
+        state["value_stats"] = replicate(running_stats_init(), s.mesh)
     return state, frozen
 
 
@@ -546,7 +531,7 @@ def make_step(config: ml_collections.ConfigDict, s: common.Setup, run: Run, froz
             rows = next(batches[0])
             rng, sample_key, update_key = jax.random.split(state["rng"], 3)
             rollout = sampler(state["policy"].params, rows["tokens"], rows["mask"], sample_key)
-            tokens, mask = (host_rows(x, s.mesh) for x in (rollout.response_tokens,
+            tokens, mask = (host_local_rows(x, s.mesh) for x in (rollout.response_tokens,
                                                            rollout.response_mask))
         with timer.phase("scoring"):
             examples = [prompts.examples[i] for i in np.repeat(rows["index"], n)]
@@ -578,7 +563,7 @@ def make_step(config: ml_collections.ConfigDict, s: common.Setup, run: Run, froz
         metrics["rollout/tokens_per_s"] = tokens_all / max(timer.totals["rollout"], 1e-9)
         done = step + 1
         if done % config.logging.every_steps == 0 or done == run.ppo.num_iterations:
-            token_rewards, prm_scores = (host_rows(x, s.mesh) for x in
+            token_rewards, prm_scores = (host_local_rows(x, s.mesh) for x in
                                          (scored.token_rewards, scored.prm_scores))
             writer.write_samples(done, sample_records(examples, text, host, token_rewards,
                                                       prm_scores, config.logging.num_samples))

@@ -47,7 +47,7 @@ from rlr.data.batching import BatchIterator
 from rlr.data.tokenizer import Tokenizer
 from rlr.losses.reward_model import bradley_terry_loss, outcome_bce_loss, process_bce_loss
 from rlr.models import Transformer
-from rlr.parallel import shard_batch
+from rlr.parallel import gather_rows, shard_batch
 from rlr.parallel.memory import MemoryEstimate, estimate_memory
 from rlr.rewards.segment import split_steps
 from rlr.rewards.verifier import extract_answer, normalize_answer
@@ -367,15 +367,14 @@ def rm_data(config: ml_collections.ConfigDict, tokenizer: Tokenizer, objective_n
 
 def score_rows(score_fn, params: Any, rows: Rows, batch_size: int, mesh) -> dict[str, np.ndarray]:
     """score_fn(params, batch) -> dict of [B, ...] arrays over all rows, batch_size rows a call
-    (the last batch filled with repeats, so one compilation), concatenated on the host."""
-    n = _num_rows(rows)
+    (common.global_batches: one compilation, the rows split between processes), concatenated
+    on the host of every process."""
     outputs = collections.defaultdict(list)
     with common.model_context(mesh):
-        for start in range(0, n, batch_size):
-            index = np.minimum(np.arange(start, start + batch_size), n - 1)
-            result = jax.device_get(score_fn(params, shard_batch(_take(rows, index), mesh)))
+        for index, kept in common.global_batches(_num_rows(rows), batch_size):
+            result = score_fn(params, shard_batch(_take(rows, index), mesh))
             for key, value in result.items():
-                outputs[key].append(np.asarray(value)[:min(batch_size, n - start)])
+                outputs[key].append(gather_rows(value)[:kept])
     return {k: np.concatenate(v) for k, v in outputs.items()}
 
 

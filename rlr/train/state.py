@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from rlr.parallel.mesh import replicate
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -84,9 +86,7 @@ def create_train_state(params: Any, optimizer: optax.GradientTransformation,
     step = jnp.zeros((), jnp.int32)
     rng = _as_typed_key(rng)
     if mesh is not None:
-        # A jitted identity, not device_put: it also places them when the mesh spans processes.
-        replicate = jax.jit(lambda s, k: (s, k), out_shardings=NamedSharding(mesh, P()))
-        step, rng = replicate(step, rng)
+        step, rng = replicate((step, rng), mesh)
     return TrainState(step=step, params=params, opt_state=opt_state, rng=rng)
 
 
