@@ -10,8 +10,10 @@ from jax.sharding import PartitionSpec as P
 from hf_fixtures import random_rlr_params
 from rlr.models import Transformer, get_config
 from rlr.models.hf_io import load_hf_checkpoint, save_hf_checkpoint
-from rlr.parallel import (DEFAULT_RULES, init_model_params, make_mesh, param_shardings,
-                          rules_without, shard_batch)
+from rlr.parallel import (DEFAULT_RULES, gather_rows, host_local_rows, init_model_params,
+                          make_mesh, param_shardings, process_rows, replicate, rules_without,
+                          shard_batch)
+from rlr.train.common import global_batches
 
 CONFIG = get_config("tiny")
 B, T = 4, 12
@@ -71,6 +73,24 @@ def test_shard_batch_splits_rows_over_data_and_fsdp(mesh):
         assert x.sharding.spec == P(("data", "fsdp"), None)
         assert {s.data.shape for s in x.addressable_shards} == {(B // 4, T)}
         np.testing.assert_array_equal(np.asarray(x), host[name])
+
+
+def test_rows_back_to_the_host_and_replication(mesh):
+    """One process: host_local_rows and gather_rows both give every row of a batch-split array
+    back in order (tests/test_launchers.py runs them over two processes), replicate puts a tree
+    whole on every device, and global_batches covers the rows in calls of one size, the last
+    filled with the last row."""
+    host = batch()
+    sharded = shard_batch(host, mesh)
+    for name, x in sharded.items():
+        np.testing.assert_array_equal(host_local_rows(x, mesh), host[name])
+        np.testing.assert_array_equal(gather_rows(x), host[name])
+    tree = replicate({"a": jnp.arange(3), "b": jnp.ones((2, 2))}, mesh)
+    assert all(x.sharding.is_fully_replicated and len(x.sharding.device_set) == mesh.size
+               for x in jax.tree.leaves(tree))
+    assert process_rows(8) == slice(0, 8)
+    calls = [(index.tolist(), kept) for index, kept in global_batches(5, 4)]
+    assert calls == [([0, 1, 2, 3], 4), ([4, 4, 4, 4], 1)]
 
 
 def test_sharded_forward_equals_one_device_forward(params, mesh):

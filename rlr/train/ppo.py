@@ -531,8 +531,8 @@ def make_step(config: ml_collections.ConfigDict, s: common.Setup, run: Run, froz
             rows = next(batches[0])
             rng, sample_key, update_key = jax.random.split(state["rng"], 3)
             rollout = sampler(state["policy"].params, rows["tokens"], rows["mask"], sample_key)
-            tokens, mask = (host_local_rows(x, s.mesh) for x in (rollout.response_tokens,
-                                                           rollout.response_mask))
+            tokens, mask = (host_local_rows(x, s.mesh)
+                            for x in (rollout.response_tokens, rollout.response_mask))
         with timer.phase("scoring"):
             examples = [prompts.examples[i] for i in np.repeat(rows["index"], n)]
             host, text = rollout_scoring.host_scores(
