@@ -88,8 +88,10 @@ def test_rows_back_to_the_host_and_replication(mesh):
     tree = replicate({"a": jnp.arange(3), "b": jnp.ones((2, 2))}, mesh)
     assert all(x.sharding.is_fully_replicated and len(x.sharding.device_set) == mesh.size
                for x in jax.tree.leaves(tree))
-    assert process_rows(8) == slice(0, 8)
-    calls = [(index.tolist(), kept) for index, kept in global_batches(5, 4)]
+    assert process_rows(8, mesh).tolist() == list(range(8))
+    with pytest.raises(ValueError, match="6 rows does not split over the mesh's data x fsdp = 4"):
+        process_rows(6, mesh)
+    calls = [(index.tolist(), kept) for index, kept in global_batches(5, 4, mesh)]
     assert calls == [([0, 1, 2, 3], 4), ([4, 4, 4, 4], 1)]
 
 

@@ -131,14 +131,20 @@ def gather_rows(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def process_rows(rows: int) -> slice:
-    """This process's share of a global batch of `rows` host rows, as `shard_batch` joins them
-    (process p's rows follow process p - 1's); rows must divide by the process count."""
-    count, index = jax.process_count(), jax.process_index()
-    if rows % count:
-        raise ValueError(f"a batch of {rows} rows does not split over {count} processes")
-    share = rows // count
-    return slice(index * share, (index + 1) * share)
+def process_rows(rows: int, mesh: Optional[Mesh]) -> np.ndarray:
+    """Indices of the rows of a global batch of `rows` that this process feeds to `shard_batch`
+    (its host-local rows): those its devices hold when the batch is split over (data, fsdp), in
+    increasing order; every row without a mesh. `rows` must divide by data x fsdp."""
+    if mesh is None:
+        return np.arange(rows)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if rows % shards:
+        raise ValueError(f"a batch of {rows} rows does not split over the mesh's data x fsdp = "
+                         f"{shards}")
+    held = np.zeros(rows, bool)
+    for index in batch_sharding(mesh, 1).addressable_devices_indices_map((rows,)).values():
+        held[index] = True
+    return np.flatnonzero(held)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

@@ -563,13 +563,14 @@ def sampling_config(tokenizer: Tokenizer, data: Any, temperature: float = 0.0,
                           unstack_layers=unstack_layers, prefill_chunk=prefill_chunk)
 
 
-def global_batches(num_rows: int, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+def global_batches(num_rows: int, batch_size: int,
+                   mesh: Optional[jax.sharding.Mesh]) -> Iterator[tuple[np.ndarray, int]]:
     """Calls over `num_rows` rows that every process holds, `batch_size` rows a call across all
-    processes: for each call, (this process's row indices [batch_size / processes], how many of
-    the call's rows are real). The last call is filled with repeats of the last row, so every
-    call has one shape (one compilation); its outputs, gathered (`gather_rows`), keep their
-    first `kept` rows."""
-    mine = process_rows(batch_size)
+    processes: for each call, (the indices of the rows this process feeds, `process_rows`; how
+    many of the call's rows are real). The last call is filled with repeats of the last row, so
+    every call has one shape (one compilation); its outputs, gathered (`gather_rows`), keep
+    their first `kept` rows."""
+    mine = process_rows(batch_size, mesh)
     for start in range(0, num_rows, batch_size):
         index = np.minimum(np.arange(start, start + batch_size), num_rows - 1)
         yield index[mine], min(batch_size, num_rows - start)
@@ -585,7 +586,7 @@ def generate_texts(sampler: Sampler, params: Any, tokenizer: Tokenizer, prompts:
         return []
     tokens, mask = encode_prompts(tokenizer, prompts, bucket)
     n, out = sampler.config.num_samples, []
-    for b, (rows, kept) in enumerate(global_batches(len(prompts), batch_size)):
+    for b, (rows, kept) in enumerate(global_batches(len(prompts), batch_size, sampler.mesh)):
         rollout = sampler(params, tokens[rows], mask[rows], jax.random.fold_in(rng, b))
         texts = decode_responses(tokenizer, gather_rows(rollout.response_tokens),
                                  gather_rows(rollout.response_mask))

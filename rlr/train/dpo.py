@@ -437,7 +437,7 @@ def rm_scores(s: common.Setup, rm_model: Transformer, rm_params: Any, data: Any,
                                             max_len=d.max_response_len, length=response_length)
         out = []
         with common.model_context(s.mesh):
-            for index, kept in common.global_batches(len(flat), rows_per_call):
+            for index, kept in common.global_batches(len(flat), rows_per_call, s.mesh):
                 arrays = shard_batch((pt[index], pm[index], rt[index], rmask[index]), s.mesh)
                 out.extend(gather_rows(verdicts(rm_params, *arrays))[:kept])
         it = iter(float(v) for v in out)

@@ -371,7 +371,7 @@ def score_rows(score_fn, params: Any, rows: Rows, batch_size: int, mesh) -> dict
     on the host of every process."""
     outputs = collections.defaultdict(list)
     with common.model_context(mesh):
-        for index, kept in common.global_batches(_num_rows(rows), batch_size):
+        for index, kept in common.global_batches(_num_rows(rows), batch_size, mesh):
             result = score_fn(params, shard_batch(_take(rows, index), mesh))
             for key, value in result.items():
                 outputs[key].append(gather_rows(value)[:kept])
