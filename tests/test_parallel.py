@@ -11,8 +11,8 @@ from hf_fixtures import random_rlr_params
 from rlr.models import Transformer, get_config
 from rlr.models.hf_io import load_hf_checkpoint, save_hf_checkpoint
 from rlr.parallel import (DEFAULT_RULES, gather_rows, host_local_rows, init_model_params,
-                          make_mesh, param_shardings, process_rows, replicate, rules_without,
-                          shard_batch)
+                          make_mesh, param_shardings, process_mean, process_rows, replicate,
+                          rules_without, shard_batch)
 from rlr.train.common import global_batches
 
 CONFIG = get_config("tiny")
@@ -88,6 +88,7 @@ def test_rows_back_to_the_host_and_replication(mesh):
     tree = replicate({"a": jnp.arange(3), "b": jnp.ones((2, 2))}, mesh)
     assert all(x.sharding.is_fully_replicated and len(x.sharding.device_set) == mesh.size
                for x in jax.tree.leaves(tree))
+    assert process_mean({"a": 1.5, "b": -2.0}) == {"a": 1.5, "b": -2.0}
     assert process_rows(8, mesh).tolist() == list(range(8))
     with pytest.raises(ValueError, match="6 rows does not split over the mesh's data x fsdp = 4"):
         process_rows(6, mesh)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -129,6 +129,19 @@ def gather_rows(x: jax.Array) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def process_mean(values: Mapping[str, float]) -> dict[str, float]:
+    """The mean over processes of each host-side value (a collective: every process calls it
+    with the same keys); the values themselves with one process. For means over rows that the
+    processes split evenly, this is the mean over all rows."""
+    if jax.process_count() == 1:
+        return dict(values)
+    from jax.experimental import multihost_utils
+
+    names = sorted(values)
+    gathered = multihost_utils.process_allgather(np.array([values[k] for k in names], np.float64))
+    return dict(zip(names, np.asarray(gathered).mean(axis=0).tolist()))
 
 
 def process_rows(rows: int, mesh: Optional[Mesh]) -> np.ndarray:

@@ -49,7 +49,7 @@ from rlr.config import ConfigError, to_config_dict, to_dataclass
 from rlr.data.synthetic import repetition_rate
 from rlr.losses.ppo import running_stats_init
 from rlr.models import Transformer
-from rlr.parallel import host_local_rows, replicate, shard_batch
+from rlr.parallel import host_local_rows, process_mean, replicate, shard_batch
 from rlr.parallel.memory import MemoryEstimate, estimate_memory
 from rlr.rewards.segment import split_steps
 from rlr.rewards.shaping import RewardSpec
@@ -554,11 +554,12 @@ def make_step(config: ml_collections.ConfigDict, s: common.Setup, run: Run, froz
             state = keep_shardings(state, shardings)
             update_metrics = jax.device_get(update_metrics)
         metrics = {**jax.device_get(scored.metrics), **update_metrics, **timer.split()}
-        metrics.update(response_stats(text.responses, mask.sum(axis=1), rewards.step_delimiter))
-        metrics["invalid_token_rows"] = float(np.mean(text.invalid_tokens > 0))
+        host_metrics = response_stats(text.responses, mask.sum(axis=1), rewards.step_delimiter)
+        host_metrics["invalid_token_rows"] = float(np.mean(text.invalid_tokens > 0))
         if needs_positions:
-            metrics["steps_dropped"] = float(np.mean(text.steps_dropped))
-        tokens_all = float(mask.sum() * jax.process_count())
+            host_metrics["steps_dropped"] = float(np.mean(text.steps_dropped))
+        metrics.update(process_mean(host_metrics))  # each process decoded its own rows
+        tokens_all = process_mean({"tokens": float(mask.sum())})["tokens"] * jax.process_count()
         metrics["tokens_per_s"] = tokens_all / max(sum(timer.totals.values()), 1e-9)
         metrics["rollout/tokens_per_s"] = tokens_all / max(timer.totals["rollout"], 1e-9)
         done = step + 1
