@@ -59,7 +59,7 @@ from rlr.data.batching import BatchIterator, bucket_length
 from rlr.data.builders._io import get_field, parse_jsonl
 from rlr.data.tokenizer import Tokenizer
 from rlr.models import Transformer
-from rlr.parallel import gather_rows, shard_batch
+from rlr.parallel import gather_rows, process_rows, shard_batch
 from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler, bucket_length as sampler_bucket
 from rlr.train import common, dpo_step
@@ -738,6 +738,7 @@ def _make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tr
     data = common.as_data_config(config.data)
     batch_size = config.eval.batch_size
     batches = eval_batches(held_out, batch_size) if held_out is not None else []
+    rows = process_rows(batch_size, s.mesh)  # the pairs of each batch this process feeds
     metrics_fn = jax.jit(functools.partial(dpo_step.eval_step, model=model, config=pref))
     sampler = Sampler(model, common.sampling_config(s.tokenizer, data, temperature=0.0), s.mesh) \
         if examples else None
@@ -751,8 +752,9 @@ def _make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tr
             totals, count = collections.Counter(), 0.0
             with common.model_context(s.mesh):
                 for batch in batches:
+                    mine = jax.tree.map(lambda x: x[rows], batch)  # n counts every process's
                     metrics = jax.device_get(metrics_fn(params, initial_reference,
-                                                        shard_batch(batch, s.mesh)))
+                                                        shard_batch(mine, s.mesh)))
                     n = float(np.sum(batch.pair_mask))
                     for key in names:
                         totals[key] += float(metrics[key]) * n

@@ -22,7 +22,7 @@ from rlr.config import ConfigError
 from rlr.data.batching import BatchIterator, concat_prompt_response, pack_sequences
 from rlr.data.tokenizer import Tokenizer
 from rlr.models import Transformer
-from rlr.parallel import BATCH_AXES, shard_batch
+from rlr.parallel import BATCH_AXES, process_rows, shard_batch
 from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler
 from rlr.train import common, sft_step
@@ -103,7 +103,9 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
     batch_size = config.eval.batch_size
     check_batch_size(batch_size, s.mesh, "eval.batch_size")
     examples = common.task_examples(data, "eval", limit=num)
-    batches = _eval_batches(sft_rows(s.tokenizer, examples, data), batch_size)
+    mine = process_rows(batch_size, s.mesh)  # the rows of each batch this process feeds
+    batches = [{k: v[mine] for k, v in batch.items()}
+               for batch in _eval_batches(sft_rows(s.tokenizer, examples, data), batch_size)]
     sampler = Sampler(model, common.sampling_config(s.tokenizer, data, temperature=0.0), s.mesh)
     loss_fn = jax.jit(functools.partial(sft_step.eval_step, model=model,
                                         chunk_size=config.sft.chunk_size,
