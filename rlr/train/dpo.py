@@ -752,7 +752,7 @@ def _make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tr
             totals, count = collections.Counter(), 0.0
             with common.model_context(s.mesh):
                 for batch in batches:
-                    mine = jax.tree.map(lambda x: x[rows], batch)  # n counts every process's
+                    mine = jax.tree.map(lambda x: x[rows], batch)  # n: the whole batch's pairs
                     metrics = jax.device_get(metrics_fn(params, initial_reference,
                                                         shard_batch(mine, s.mesh)))
                     n = float(np.sum(batch.pair_mask))
