@@ -170,7 +170,8 @@ def last_metrics(workdir) -> dict:
 
 def test_two_process_pipeline_on_cpu(stub_path, tmp_path):
     """The reward-hacking pipeline's stages as real 2-process runs: SFT with its greedy eval,
-    labelling the SFT policy's samples, an ORM, and PPO with that ORM and its eval. Every
+    labelling the SFT policy's samples, an ORM, PPO with that ORM and its eval, and iterative
+    DPO on pairs the ORM ranks. Every
     stage that generates or scores splits its rows between the processes and gathers them back
     (rlr.train.common.global_batches), PPO's rollout keeps each process's rows; process 0
     writes the files. 1.5-3 min on a 2-core machine. It is in the default suite because only a
@@ -204,3 +205,13 @@ def test_two_process_pipeline_on_cpu(stub_path, tmp_path):
                             "--config.eval.batch_size=8")
     metrics = last_metrics(ppo)
     assert metrics["step"] == 2 and "eval/accuracy" in metrics and "orm/score_mean" in metrics
+    dpo = run_two_processes(stub_path, tmp_path, "dpo", "--config", "experiments/iterative_dpo.py",
+                            *tiny, f"--config.dpo.policy_source={sft}",
+                            f"--config.dpo.rm_source={orm}", "--config.dpo.num_steps=2",
+                            "--config.dpo.iterations=2", "--config.dpo.prompts_per_iteration=8",
+                            "--config.dpo.num_samples=2", "--config.dpo.sample_batch_size=8",
+                            "--config.dpo.batch_size=4", "--config.dpo.eval_pairs=4",
+                            "--config.eval.every_steps=2", "--config.eval.num_problems=8",
+                            "--config.eval.batch_size=8", "--config.data.num_train=64")
+    metrics = last_metrics(dpo)
+    assert metrics["step"] == 2 and "eval/accuracy" in metrics
