@@ -228,6 +228,8 @@ def test_unstacked_decode_equals_the_scanned_model_and_unrolls_the_layers():
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
     def scans_in_token_loop(config):
+        from jax.extend.core import jaxprs_in_params
+
         from rlr.sampling.generate import generate
 
         tokens, mask = prompts(0)
@@ -236,7 +238,7 @@ def test_unstacked_decode_equals_the_scanned_model_and_unrolls_the_layers():
         loop = next(e for e in jaxpr.jaxpr.eqns if e.primitive.name == "while")
         body = loop.params["body_jaxpr"].jaxpr
         return sum(str(e.primitive) == "scan" for e in body.eqns) + sum(
-            "scan" in str(sub) for e in body.eqns for sub in jax.core.jaxprs_in_params(e.params))
+            "scan" in str(sub) for e in body.eqns for sub in jaxprs_in_params(e.params))
 
     assert scans_in_token_loop(SAMPLED) == 0
     assert scans_in_token_loop(scanned_config) > 0
