@@ -28,7 +28,7 @@ def sft_group(num_steps: ml_collections.FieldReference, batch_size: int = 32) ->
     c.batch_size = batch_size  # sequences (or packed rows) an update, all hosts; a multiple of data x fsdp
     c.pack_length = 0  # > 0: pack sequences into rows of this many tokens; 0: one pair a row
     c.chunk_size = 128  # time chunk of the log-prob computation
-    c.aggregation = "token_mean"  # how token losses are averaged (rlr.losses.ppo.AGGREGATIONS)
+    c.aggregation = "token_mean"  # how token losses are averaged (rlr.losses.masked.AGGREGATIONS)
     return c
 
 

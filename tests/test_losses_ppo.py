@@ -13,7 +13,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import reference_np as ref
-from rlr.losses import ppo
+from rlr.losses import masked, ppo
 
 SETTINGS = settings(max_examples=25, deadline=None)
 B, T = 4, 6  # fixed shapes for the property / reference tests: one compilation each
@@ -106,18 +106,18 @@ def test_gae_matches_float64_reference(seed):
 def test_aggregate_modes_hand_computed_and_bad_mode():
     x = np.array([[1.0, 2.0, 3.0], [4.0, 99.0, 99.0], [7.0, 8.0, 9.0]], np.float32)
     mask = np.array([[1, 1, 1], [1, 0, 0], [0, 0, 0]], np.float32)
-    assert float(ppo.aggregate(x, mask, "token_mean")) == pytest.approx(10.0 / 4)
-    assert float(ppo.aggregate(x, mask, "seq_mean")) == pytest.approx((2.0 + 4.0) / 2)
-    assert float(ppo.aggregate(x, mask, "seq_mean_token_sum")) == pytest.approx((6.0 + 4.0) / 2)
-    with pytest.raises(ValueError, match="ppo.py: aggregation must be one of"):
-        ppo.aggregate(x, mask, "sum")
+    assert float(masked.aggregate(x, mask, "token_mean")) == pytest.approx(10.0 / 4)
+    assert float(masked.aggregate(x, mask, "seq_mean")) == pytest.approx((2.0 + 4.0) / 2)
+    assert float(masked.aggregate(x, mask, "seq_mean_token_sum")) == pytest.approx((6.0 + 4.0) / 2)
+    with pytest.raises(ValueError, match="masked.py: aggregation must be one of"):
+        masked.aggregate(x, mask, "sum")
 
 
 def test_masked_mean_ignores_nan_in_padding_and_empty_is_zero():
     x = np.array([[1.0, float("nan")], [float("inf"), 3.0]], np.float32)
-    assert float(ppo.masked_mean(x, np.array([[1, 0], [0, 1]]))) == 2.0
-    np.testing.assert_allclose(ppo.masked_mean(x, np.array([[1, 0], [0, 0]]), axis=1), [1.0, 0.0])
-    assert float(ppo.masked_mean(x, np.zeros((2, 2)))) == 0.0
+    assert float(masked.masked_mean(x, np.array([[1, 0], [0, 1]]))) == 2.0
+    np.testing.assert_allclose(masked.masked_mean(x, np.array([[1, 0], [0, 0]]), axis=1), [1.0, 0.0])
+    assert float(masked.masked_mean(x, np.zeros((2, 2)))) == 0.0
 
 
 # ----------------------------------------------------------------------------- policy loss
@@ -190,7 +190,7 @@ def test_policy_loss_is_float32_for_bf16_inputs():
     advantages=floats_st,
     logp=floats_st,
     lengths=lengths_st,
-    aggregation=st.sampled_from(ppo.AGGREGATIONS),
+    aggregation=st.sampled_from(masked.AGGREGATIONS),
 )
 def test_policy_gradient_at_ratio_one_is_the_pg_estimate(advantages, logp, lengths, aggregation):
     mask = right_padded_mask(lengths)

@@ -1,18 +1,16 @@
-"""Losses: pure functions of arrays returning (loss, metrics). One file a family."""
+"""Losses: pure functions of arrays returning (loss, metrics). One file a family (ppo, dpo,
+reward_model, sft); masked holds the masked reductions they share."""
 from rlr.losses.dpo import DPO_KINDS, dpo_loss, sequence_logp, simpo_loss
+from rlr.losses.masked import AGGREGATIONS, aggregate, aggregation_weights, masked_mean
 from rlr.losses.ppo import (
-    AGGREGATIONS,
     KL_KINDS,
     RunningMeanStd,
-    aggregate,
-    aggregation_weights,
     broadcast_to_tokens,
     entropy_loss,
     explained_variance,
     gae,
     grpo_advantages,
     kl_penalty,
-    masked_mean,
     normalize_advantages,
     policy_loss,
     rloo_advantages,

@@ -7,7 +7,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from rlr.losses.ppo import _f32, _optional_mask, _valid, masked_mean
+from rlr.losses.masked import as_f32, as_mask, masked_mean, optional_mask
 
 DPO_KINDS = ("sigmoid", "cdpo", "robust", "ipo", "hinge")
 
@@ -19,7 +19,7 @@ def sequence_logp(token_logp: jax.Array, mask: jax.Array) -> jax.Array:
     """
     chex.assert_rank([token_logp, mask], 2)
     chex.assert_equal_shape([token_logp, mask])
-    return jnp.sum(jnp.where(_valid(mask), _f32(token_logp), 0.0), axis=-1)
+    return jnp.sum(jnp.where(as_mask(mask), as_f32(token_logp), 0.0), axis=-1)
 
 
 def _preference_metrics(
@@ -77,9 +77,9 @@ def dpo_loss(
         )
     if not beta > 0:
         raise ValueError(f"rlr/losses/dpo.py: beta must be > 0, got {beta!r}")
-    valid = _optional_mask(policy_chosen_logp, mask)
-    chosen_logratio = jnp.where(valid, _f32(policy_chosen_logp) - _f32(ref_chosen_logp), 0.0)
-    rejected_logratio = jnp.where(valid, _f32(policy_rejected_logp) - _f32(ref_rejected_logp), 0.0)
+    valid = optional_mask(policy_chosen_logp, mask)
+    chosen_logratio = jnp.where(valid, as_f32(policy_chosen_logp) - as_f32(ref_chosen_logp), 0.0)
+    rejected_logratio = jnp.where(valid, as_f32(policy_rejected_logp) - as_f32(ref_rejected_logp), 0.0)
     h = chosen_logratio - rejected_logratio
     log_sig_pos = jax.nn.log_sigmoid(beta * h)
     log_sig_neg = jax.nn.log_sigmoid(-beta * h)
@@ -120,10 +120,10 @@ def simpo_loss(
     """
     chex.assert_rank([chosen_logp_sum, rejected_logp_sum, chosen_len, rejected_len], 1)
     chex.assert_equal_shape([chosen_logp_sum, rejected_logp_sum, chosen_len, rejected_len])
-    valid = _optional_mask(chosen_logp_sum, mask)
-    chosen_rewards = jnp.where(valid, beta * _f32(chosen_logp_sum) / jnp.maximum(_f32(chosen_len), 1.0), 0.0)
+    valid = optional_mask(chosen_logp_sum, mask)
+    chosen_rewards = jnp.where(valid, beta * as_f32(chosen_logp_sum) / jnp.maximum(as_f32(chosen_len), 1.0), 0.0)
     rejected_rewards = jnp.where(
-        valid, beta * _f32(rejected_logp_sum) / jnp.maximum(_f32(rejected_len), 1.0), 0.0
+        valid, beta * as_f32(rejected_logp_sum) / jnp.maximum(as_f32(rejected_len), 1.0), 0.0
     )
     per_pair = -jax.nn.log_sigmoid(chosen_rewards - rejected_rewards - gamma)
     loss = masked_mean(per_pair, valid)

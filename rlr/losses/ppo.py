@@ -13,26 +13,11 @@ import chex
 import jax
 import jax.numpy as jnp
 
-AGGREGATIONS = ("token_mean", "seq_mean", "seq_mean_token_sum")
+from rlr.losses.masked import aggregate, as_f32, as_mask, masked_mean, optional_mask
+
 KL_KINDS = ("k1", "k2", "k3")
 
 AxisName = str | Sequence[str] | None
-
-
-def _f32(x) -> jax.Array:
-    return jnp.asarray(x).astype(jnp.float32)
-
-
-def _valid(mask) -> jax.Array:
-    return jnp.asarray(mask).astype(bool)
-
-
-def _optional_mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """bool mask of x's shape: the given mask, or everything valid when it is None."""
-    if mask is None:
-        return jnp.ones(jnp.shape(x), bool)
-    chex.assert_equal_shape([x, mask])
-    return _valid(mask)
 
 
 def _global_sum(x: jax.Array, axis_name: AxisName) -> jax.Array:
@@ -43,55 +28,6 @@ def _global_sum(x: jax.Array, axis_name: AxisName) -> jax.Array:
     """
     total = jnp.sum(x)
     return total if axis_name is None else jax.lax.psum(total, axis_name)
-
-
-def masked_mean(x: jax.Array, mask: jax.Array, axis: int | None = None) -> jax.Array:
-    """Mean of ``x`` over the positions where ``mask`` is set: sum(x*m) / max(sum(m), 1).
-
-    Returns 0 (not NaN) where nothing is valid. Masked entries of ``x`` are ignored
-    even when they hold inf/NaN.
-    """
-    chex.assert_equal_shape([x, mask])
-    valid = _valid(mask)
-    total = jnp.sum(jnp.where(valid, _f32(x), 0.0), axis=axis)
-    count = jnp.sum(valid.astype(jnp.float32), axis=axis)
-    return total / jnp.maximum(count, 1.0)
-
-
-def aggregation_weights(mask: jax.Array, mode: str = "token_mean") -> jax.Array:
-    """Per-token weights w [B, T] such that a loss is ``sum(w * per_token)``.
-
-    - ``token_mean``: every valid token of the batch counts the same,
-      w = m / sum(m) (PPO as in Schulman et al. 2017 / DAPO, Yu et al. 2025).
-    - ``seq_mean``: mean over tokens within a sequence, then mean over sequences,
-      w = m / (n_b * S) (GRPO, Shao et al. 2024).
-    - ``seq_mean_token_sum``: sum over tokens within a sequence, mean over sequences,
-      w = m / S (Dr. GRPO style, Liu et al. 2025).
-    n_b is the number of valid tokens of sequence b, S the number of sequences with at
-    least one valid token; rows with no valid token get weight 0 and do not count in S.
-    Denominators are clamped at 1, so an all-padding batch gives weights 0.
-    """
-    chex.assert_rank(mask, 2)
-    if mode not in AGGREGATIONS:
-        raise ValueError(f"rlr/losses/ppo.py: aggregation must be one of {AGGREGATIONS}, got {mode!r}")
-    m = _valid(mask).astype(jnp.float32)
-    if mode == "token_mean":
-        return m / jnp.maximum(jnp.sum(m), 1.0)
-    tokens_per_seq = jnp.sum(m, axis=-1, keepdims=True)  # [B, 1]
-    num_seqs = jnp.maximum(jnp.sum(tokens_per_seq > 0), 1).astype(jnp.float32)
-    if mode == "seq_mean":
-        return m / jnp.maximum(tokens_per_seq, 1.0) / num_seqs
-    return m / num_seqs
-
-
-def aggregate(per_token: jax.Array, mask: jax.Array, mode: str = "token_mean") -> jax.Array:
-    """Reduce a per-token loss [B, T] to a scalar: sum(aggregation_weights(mask, mode) * x).
-
-    See ``aggregation_weights`` for the modes. Masked entries are ignored (also inf/NaN).
-    """
-    chex.assert_equal_shape([per_token, mask])
-    x = jnp.where(_valid(mask), _f32(per_token), 0.0)
-    return jnp.sum(aggregation_weights(mask, mode) * x)
 
 
 def gae(
@@ -113,9 +49,9 @@ def gae(
     """
     chex.assert_rank([rewards, values, mask], 2)
     chex.assert_equal_shape([rewards, values, mask])
-    valid = _valid(mask).T  # [T, B]
-    r = jnp.where(valid, _f32(rewards).T, 0.0)
-    v = jnp.where(valid, _f32(values).T, 0.0)
+    valid = as_mask(mask).T  # [T, B]
+    r = jnp.where(valid, as_f32(rewards).T, 0.0)
+    v = jnp.where(valid, as_f32(values).T, 0.0)
 
     def step(carry, xs):
         next_value, next_adv = carry  # [B], [B]: value and advantage of the next valid token
@@ -156,9 +92,9 @@ def policy_loss(
     chex.assert_equal_shape([logp, old_logp, advantages, mask])
     if dual_clip is not None and not dual_clip > 1.0:
         raise ValueError(f"rlr/losses/ppo.py: dual_clip must be > 1 (or None), got {dual_clip!r}")
-    valid = _valid(mask)
-    log_ratio = jnp.where(valid, _f32(logp) - _f32(old_logp), 0.0)
-    adv = jnp.where(valid, _f32(advantages), 0.0)
+    valid = as_mask(mask)
+    log_ratio = jnp.where(valid, as_f32(logp) - as_f32(old_logp), 0.0)
+    adv = jnp.where(valid, as_f32(advantages), 0.0)
     ratio = jnp.exp(log_ratio)
     unclipped = -adv * ratio
     clipped = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
@@ -186,8 +122,8 @@ def explained_variance(predictions: jax.Array, targets: jax.Array, mask: jax.Arr
     than `flat` (a batch whose rewards are all 0, where Var[targets] is float rounding) give 0,
     not a ratio of rounding errors (-1e14).
     """
-    y = _f32(targets)
-    residual = y - _f32(predictions)
+    y = as_f32(targets)
+    residual = y - as_f32(predictions)
     var_y = masked_mean((y - masked_mean(y, mask)) ** 2, mask)
     var_res = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
     spread = var_y > flat
@@ -213,15 +149,15 @@ def value_loss(
     """
     chex.assert_rank([values, old_values, returns, mask], 2)
     chex.assert_equal_shape([values, old_values, returns, mask])
-    valid = _valid(mask)
-    v = jnp.where(valid, _f32(values), 0.0)
-    ret = jnp.where(valid, _f32(returns), 0.0)
+    valid = as_mask(mask)
+    v = jnp.where(valid, as_f32(values), 0.0)
+    ret = jnp.where(valid, as_f32(returns), 0.0)
     unclipped = (v - ret) ** 2
     if clip_eps is None:
         per_token = 0.5 * unclipped
         clip_fraction = jnp.zeros((), jnp.float32)
     else:
-        old = jnp.where(valid, _f32(old_values), 0.0)
+        old = jnp.where(valid, as_f32(old_values), 0.0)
         clipped = (old + jnp.clip(v - old, -clip_eps, clip_eps) - ret) ** 2
         per_token = 0.5 * jnp.maximum(unclipped, clipped)
         clip_fraction = masked_mean(clipped > unclipped, mask)
@@ -265,10 +201,10 @@ def kl_penalty(
     chex.assert_equal_shape([logp, ref_logp])
     if kind not in KL_KINDS:
         raise ValueError(f"rlr/losses/ppo.py: kl kind must be one of {KL_KINDS}, got {kind!r}")
-    d = _f32(logp) - _f32(ref_logp)
+    d = as_f32(logp) - as_f32(ref_logp)
     if mask is not None:
         chex.assert_equal_shape([logp, mask])
-        d = jnp.where(_valid(mask), d, 0.0)
+        d = jnp.where(as_mask(mask), d, 0.0)
     if kind == "k1":
         return d
     if kind == "k2":
@@ -290,8 +226,8 @@ def normalize_advantages(
     statistics are psum-ed over devices. advantages, mask: any equal shapes, e.g. [B, T].
     """
     chex.assert_equal_shape([advantages, mask])
-    valid = _valid(mask)
-    a = jnp.where(valid, _f32(advantages), 0.0)
+    valid = as_mask(mask)
+    a = jnp.where(valid, as_f32(advantages), 0.0)
     count = jnp.maximum(_global_sum(valid.astype(jnp.float32), axis_name), 1.0)
     mean = _global_sum(a, axis_name) / count
     var = _global_sum(jnp.where(valid, (a - mean) ** 2, 0.0), axis_name) / count
@@ -331,8 +267,8 @@ def running_stats_update(
     entry leaves ``state`` unchanged. ``axis_name``: psum the batch statistics over
     devices inside ``shard_map`` / ``pmap`` (not needed under plain jit).
     """
-    valid = _optional_mask(x, mask)
-    xb = jnp.where(valid, _f32(x), 0.0)
+    valid = optional_mask(x, mask)
+    xb = jnp.where(valid, as_f32(x), 0.0)
     n_b = _global_sum(valid.astype(jnp.float32), axis_name)
     safe_n_b = jnp.maximum(n_b, 1.0)
     mean_b = _global_sum(xb, axis_name) / safe_n_b
@@ -355,7 +291,7 @@ def running_stats_normalize(
 ) -> jax.Array:
     """(x - mean) / sqrt(var + eps), or x / sqrt(var + eps) with ``center=False`` (reward
     scaling without shifting, as in OpenAI baselines' VecNormalize)."""
-    x = _f32(x)
+    x = as_f32(x)
     if center:
         x = x - state.mean
     return x * jax.lax.rsqrt(state.var + eps)
@@ -364,7 +300,7 @@ def running_stats_normalize(
 def running_stats_denormalize(state: RunningMeanStd, x: jax.Array, eps: float = 1e-8) -> jax.Array:
     """Inverse of centred ``running_stats_normalize``: x * sqrt(var + eps) + mean. A value
     head trained on normalised returns predicts normalised values; this maps them back."""
-    return _f32(x) * jnp.sqrt(state.var + eps) + state.mean
+    return as_f32(x) * jnp.sqrt(state.var + eps) + state.mean
 
 
 def _groups(scores: jax.Array, group_size: int) -> jax.Array:
@@ -375,7 +311,7 @@ def _groups(scores: jax.Array, group_size: int) -> jax.Array:
             f"rlr/losses/ppo.py: group_size must be >= 1 and divide the batch size "
             f"{scores.shape[0]}, got {group_size!r}"
         )
-    return _f32(scores).reshape(-1, group_size)
+    return as_f32(scores).reshape(-1, group_size)
 
 
 def grpo_advantages(
@@ -416,4 +352,4 @@ def broadcast_to_tokens(seq_values: jax.Array, mask: jax.Array) -> jax.Array:
     response tokens: out[b, t] = seq_values[b] if mask[b, t] else 0. Returns [B, T] float32."""
     chex.assert_rank([seq_values, mask], [1, 2])
     chex.assert_equal_shape_prefix([seq_values, mask], 1)
-    return jnp.where(_valid(mask), _f32(seq_values)[:, None], 0.0)
+    return jnp.where(as_mask(mask), as_f32(seq_values)[:, None], 0.0)

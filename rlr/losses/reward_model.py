@@ -7,7 +7,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from rlr.losses.ppo import _f32, _optional_mask, _valid, masked_mean
+from rlr.losses.masked import as_f32, as_mask, masked_mean, optional_mask
 
 
 def gather_at(x: jax.Array, idx: jax.Array) -> jax.Array:
@@ -30,10 +30,10 @@ def last_token_scores(token_scores: jax.Array, mask: jax.Array) -> jax.Array:
     """
     chex.assert_rank([token_scores, mask], 2)
     chex.assert_equal_shape([token_scores, mask])
-    valid = _valid(mask)
+    valid = as_mask(mask)
     positions = jnp.arange(valid.shape[1])
     last = jnp.max(jnp.where(valid, positions, -1), axis=1)  # [B], -1 for empty rows
-    score = gather_at(_f32(token_scores), jnp.maximum(last, 0)[:, None])[:, 0]
+    score = gather_at(as_f32(token_scores), jnp.maximum(last, 0)[:, None])[:, 0]
     return jnp.where(last >= 0, score, 0.0)
 
 
@@ -49,8 +49,8 @@ def bradley_terry_loss(
     """
     chex.assert_rank([chosen_scores, rejected_scores], 1)
     chex.assert_equal_shape([chosen_scores, rejected_scores])
-    valid = _optional_mask(chosen_scores, mask)
-    margin = jnp.where(valid, _f32(chosen_scores) - _f32(rejected_scores), 0.0)
+    valid = optional_mask(chosen_scores, mask)
+    margin = jnp.where(valid, as_f32(chosen_scores) - as_f32(rejected_scores), 0.0)
     loss = masked_mean(-jax.nn.log_sigmoid(margin), valid)
     metrics = {
         "loss": loss,
@@ -70,8 +70,8 @@ def _bce_with_metrics(
     BCE(s, y) = softplus(s) - y * s = -y log sigmoid(s) - (1 - y) log sigmoid(-s).
     Returns (loss, accuracy, number of valid entries).
     """
-    s = jnp.where(valid, _f32(logits), 0.0)
-    y = jnp.where(valid, _f32(labels), 0.0)
+    s = jnp.where(valid, as_f32(logits), 0.0)
+    y = jnp.where(valid, as_f32(labels), 0.0)
     loss = masked_mean(jax.nn.softplus(s) - y * s, valid)
     accuracy = masked_mean((s > 0) == (y > 0.5), valid)
     return loss, accuracy, jnp.sum(valid.astype(jnp.float32))
@@ -88,7 +88,7 @@ def outcome_bce_loss(
     """
     chex.assert_rank([scores, labels], 1)
     chex.assert_equal_shape([scores, labels])
-    valid = _optional_mask(scores, mask)
+    valid = optional_mask(scores, mask)
     loss, accuracy, _ = _bce_with_metrics(scores, labels, valid)
     return loss, {"loss": loss, "accuracy": accuracy, "positive_rate": masked_mean(labels, valid)}
 
@@ -110,5 +110,5 @@ def process_bce_loss(
     chex.assert_rank([token_scores, step_end_positions, step_labels, step_mask], 2)
     chex.assert_equal_shape([step_end_positions, step_labels, step_mask])
     step_scores = gather_at(token_scores, step_end_positions)  # [B, K]
-    loss, accuracy, num_steps = _bce_with_metrics(step_scores, step_labels, _valid(step_mask))
+    loss, accuracy, num_steps = _bce_with_metrics(step_scores, step_labels, as_mask(step_mask))
     return loss, {"loss": loss, "step_accuracy": accuracy, "num_steps": num_steps}

@@ -7,7 +7,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from rlr.losses.ppo import _f32, _valid, aggregate, masked_mean
+from rlr.losses.masked import aggregate, as_f32, as_mask, masked_mean
 
 
 def sft_loss(
@@ -17,16 +17,16 @@ def sft_loss(
 
     token_logp: [B, T] log-probs of the target tokens; loss_mask: [B, T] marks the tokens
     trained on (e.g. the response, not the prompt). ``aggregation`` as in
-    ``rlr.losses.ppo.aggregate`` (token_mean is the usual cross-entropy). Metrics: loss,
+    ``rlr.losses.masked.aggregate`` (token_mean is the usual cross-entropy). Metrics: loss,
     perplexity = exp(token-mean NLL), num_tokens. An empty mask gives loss 0, perplexity 1.
     """
     chex.assert_rank([token_logp, loss_mask], 2)
     chex.assert_equal_shape([token_logp, loss_mask])
-    nll = -_f32(token_logp)
+    nll = -as_f32(token_logp)
     loss = aggregate(nll, loss_mask, aggregation)
     metrics = {
         "loss": loss,
         "perplexity": jnp.exp(masked_mean(nll, loss_mask)),
-        "num_tokens": jnp.sum(_valid(loss_mask).astype(jnp.float32)),
+        "num_tokens": jnp.sum(as_mask(loss_mask).astype(jnp.float32)),
     }
     return loss, metrics

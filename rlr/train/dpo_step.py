@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from rlr.losses.dpo import DPO_KINDS, dpo_loss, sequence_logp, simpo_loss
-from rlr.losses.ppo import masked_mean
+from rlr.losses.masked import masked_mean
 from rlr.models import Transformer
 from rlr.train import common
 from rlr.train.state import TrainState, apply_gradients

@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from rlr.losses.ppo import (AGGREGATIONS, KL_KINDS, RunningMeanStd, aggregate, entropy_loss,
-                            kl_penalty, policy_loss, running_stats_normalize, value_loss)
+from rlr.losses.masked import AGGREGATIONS, aggregate
+from rlr.losses.ppo import (KL_KINDS, RunningMeanStd, entropy_loss, kl_penalty, policy_loss,
+                            running_stats_normalize, value_loss)
 from rlr.parallel import batch_sharding
 from rlr.train import common
 from rlr.train.optim import OptimConfig, make_optimizer

@@ -29,9 +29,10 @@ import numpy as np
 
 from rlr.data.synthetic import repetition_rate
 from rlr.data.tokenizer import Tokenizer
+from rlr.losses.masked import masked_mean
 from rlr.losses.ppo import (KL_KINDS, RunningMeanStd, broadcast_to_tokens, explained_variance, gae,
-                            grpo_advantages, kl_penalty, masked_mean, normalize_advantages,
-                            rloo_advantages, running_stats_denormalize, running_stats_update)
+                            grpo_advantages, kl_penalty, normalize_advantages, rloo_advantages,
+                            running_stats_denormalize, running_stats_update)
 from rlr.rewards.segment import split_steps
 from rlr.rewards.shaping import RewardSpec, shape_rewards
 from rlr.sampling import Rollout
