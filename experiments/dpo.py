@@ -17,7 +17,7 @@ import ml_collections
 
 from experiments import base
 from experiments.sft import MATH_INSTRUCTION, QWEN_CHECKPOINT, eval_group
-from rlr.train.common import data_group
+from rlr.train.tasks import data_group
 from rlr.train.dpo import dpo_group
 
 VARIANTS = ("synthetic", "labelled", "hh_rlhf", "gsm8k", "math")

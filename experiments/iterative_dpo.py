@@ -17,7 +17,7 @@ import ml_collections
 
 from experiments import base, dpo
 from experiments.sft import QWEN_CHECKPOINT, eval_group
-from rlr.train.common import data_group
+from rlr.train.tasks import data_group
 from rlr.train.dpo import dpo_group
 
 VARIANTS = ("synthetic", "gsm8k", "math")

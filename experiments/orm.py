@@ -16,7 +16,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments import base, sft
-from rlr.train.common import data_group
+from rlr.train.tasks import data_group
 
 VARIANTS = ("synthetic", "math", "gsm8k", "hh_rlhf")
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments import base, sft
-from rlr.train.common import data_group
+from rlr.train.tasks import data_group
 from rlr.train.ppo import ppo_group, rewards_group, sampling_group
 
 STUDY = ("success", "orm", "prm", "prm_clip", "prm_delta", "clip_delta")  # Gao et al. 2024

@@ -30,7 +30,7 @@ import ml_collections
 
 from experiments import base, ppo, sft
 from rlr.config import ConfigError
-from rlr.train.common import data_group
+from rlr.train.tasks import data_group
 from rlr.train.ppo import ppo_group, rewards_group, sampling_group
 
 FACTORS = ("baseline", "adv_norm", "large_batch", "ema_ref")  # cumulative, Table 3's order

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments import base
-from rlr.train.common import data_group
+from rlr.train.tasks import data_group
 
 VARIANTS = ("synthetic", "gsm8k", "math")
 QWEN_CHECKPOINT = "checkpoints/Qwen2.5-1.5B-Instruct"  # a local HF directory (config.json, safetensors, tokenizer)

@@ -36,7 +36,7 @@ from experiments import base, sft
 from experiments.ppo import study_rewards
 from rlr.evaluate import DEFAULT_TEMPLATE
 from rlr.fetch import DEFAULT_CACHE, MODEL_DIR
-from rlr.train.common import data_group
+from rlr.train.tasks import data_group
 from rlr.train.ppo import ppo_group, sampling_group
 
 VARIANTS = ("success", "clip_delta", "success_full", "clip_delta_full")

@@ -81,7 +81,8 @@ def load_checkpoint(source: str, mesh: jax.sharding.Mesh) -> Checkpoint:
 
         from rlr.config import make_model_config
         from rlr.data.tokenizer import load_tokenizer
-        from rlr.train.common import load_params, tokenizer_path
+        from rlr.train.common import tokenizer_path
+        from rlr.train.params_io import load_params
 
         with open(os.path.join(source, "config.json")) as f:
             run = ml_collections.ConfigDict(json.load(f))
@@ -149,7 +150,8 @@ def evaluate(checkpoint: Checkpoint, problems: Sequence[real_sets.Problem], mesh
     the user message `template` ({question} replaced) in the tokenizer's chat format."""
     from rlr.models import Transformer
     from rlr.sampling import Sampler, SamplingConfig
-    from rlr.train.common import generate_texts, prompt_text
+    from rlr.train.common import generate_texts
+    from rlr.train.sequences import prompt_text
 
     tok = checkpoint.tokenizer
     if temperature == 0.0 and num_samples > 1:

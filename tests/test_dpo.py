@@ -20,7 +20,7 @@ from rlr.data.builders._io import DataFormatError
 from rlr.data.tokenizer import CharTokenizer
 from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler
-from rlr.train import common, dpo, dpo_step
+from rlr.train import dpo, dpo_step, params_io, sequences, tasks
 from rlr.train.metrics import read_jsonl
 from hf_fixtures import make_hf_model, save_hf_model
 
@@ -60,8 +60,8 @@ def _config(experiment, policy_dir, **dpo_changes):
 
 
 def test_corrupt_pairs_prefer_the_reference_solution():
-    data = common.DataConfig(num_train=8)
-    problems = common.synthetic_problems(data, "train")
+    data = tasks.DataConfig(num_train=8)
+    problems = tasks.synthetic_problems(data, "train")
     pairs = dpo.corrupt_pairs(problems, TOKENIZER, data, dpo.FLAWED_MODES, 2, seed=0)
     assert len(pairs) == 2 * len(problems)  # two distinct flaws of every problem
     for problem, pair in zip(np.repeat(problems, 2), pairs):
@@ -85,11 +85,11 @@ def test_labelled_pairs_are_correct_over_incorrect_and_held_out_by_question(tmp_
     _write_labelled(tmp_path / "labelled.jsonl", rows)
     records = dpo.read_labelled(str(tmp_path))  # a run directory works as well as the file
     assert records[0] == dpo.LabelledResponse("1+1", "a", True) and len(records) == 8
-    grouped = dpo.labelled_pairs(records, TOKENIZER, common.DataConfig(), per_prompt=5, seed=0)
+    grouped = dpo.labelled_pairs(records, TOKENIZER, tasks.DataConfig(), per_prompt=5, seed=0)
     assert sorted(grouped) == ["1+1", "3+3"]
     assert sorted(grouped["1+1"]) == [dpo.Pair("1+1\n", "a", "b"), dpo.Pair("1+1\n", "a", "c")]
     assert grouped["3+3"] == [dpo.Pair("3+3\n", "g", "f")]
-    one = dpo.labelled_pairs(records, TOKENIZER, common.DataConfig(), per_prompt=1, seed=0)
+    one = dpo.labelled_pairs(records, TOKENIZER, tasks.DataConfig(), per_prompt=1, seed=0)
     assert len(one["1+1"]) == 1
     train, held = dpo.hold_out(grouped, num_eval=1, seed=0)
     assert len(train) + len(held) == 3 and held
@@ -131,7 +131,7 @@ def test_best_worst_pairs_reference_where_no_response_is_correct():
 
 def test_encode_pairs_shapes_and_prompt_cut():
     pairs = [dpo.Pair("1+2\n", "1+2=3\nanswer: 3", "answer: 4"), dpo.Pair("12*3+4\n", "x", "yz")]
-    data = common.DataConfig(prompt_bucket=4, response_bucket=8)
+    data = tasks.DataConfig(prompt_bucket=4, response_bucket=8)
     rows = dpo.encode_pairs(TOKENIZER, pairs, data)
     assert rows["prompt_tokens"].shape == (2, 8)  # bos + 7 characters
     assert rows["chosen_tokens"].shape == rows["rejected_tokens"].shape == (2, 16)
@@ -169,7 +169,7 @@ def test_config_errors_name_the_key():
 def test_experiment_configs_are_valid(experiment, variant):
     config = experiment.get_config(variant)
     c = dpo.as_dpo_config(config.dpo)  # every check of DPOConfig passes
-    common.as_data_config(config.data)
+    tasks.as_data_config(config.data)
     assert config.trainer == "dpo" and config.optim.total_steps == c.num_steps
     config.dpo.num_steps = 2 * c.num_steps  # the schedule follows the number of updates
     assert config.optim.total_steps == 2 * c.num_steps
@@ -185,7 +185,7 @@ def test_rounds_resume_mid_round_from_the_round_file(tmp_path):
         return [dpo.Pair(f"{r}-{i}\n", "1", "2" * (i + 1)) for i in range(3)], {"round/pairs": 3.0}
 
     def encode(pairs):
-        return dpo.encode_pairs(TOKENIZER, pairs, common.DataConfig(prompt_bucket=4, response_bucket=4))
+        return dpo.encode_pairs(TOKENIZER, pairs, tasks.DataConfig(prompt_bucket=4, response_bucket=4))
 
     class Writer:
         def write_samples(self, step, records):
@@ -248,7 +248,7 @@ def test_offline_dpo_learns_the_pairs_and_evaluates(tmp_path, policy_dir, caplog
     assert evals[-1]["eval/pair_loss"] < np.log(2.0) - 0.1 and evals[-1]["eval/pair_margin"] > 0.3
     assert evals[-1]["eval/pair_accuracy"] >= 0.7
     assert 0.0 <= final["eval/accuracy"] <= 1.0 and final["eval/response_length"] > 0
-    assert os.path.isfile(os.path.join(workdir, common.PARAMS_INFO))
+    assert os.path.isfile(os.path.join(workdir, params_io.PARAMS_INFO))
 
 
 def test_simpo_loss_reads_no_reference_hand_value():
@@ -314,13 +314,13 @@ def test_sampled_rounds_pair_the_reference_when_no_sample_is_correct(tmp_path, p
     workdir = str(tmp_path / "run")
     final = dpo.train(config, workdir)
     pairs = dpo.read_pairs(dpo.round_file(workdir, 0))
-    solutions = {common.prompt_text(TOKENIZER, e.question, config.data.prompt_template): e
-                 for e in common.task_examples(config.data, "train")}
+    solutions = {sequences.prompt_text(TOKENIZER, e.question, config.data.prompt_template): e
+                 for e in tasks.task_examples(config.data, "train")}
     assert len(pairs) == 8
     for pair in pairs:
         example = solutions[pair.prompt]
-        assert pair.chosen == example.solution and common.answer_correct(config.data, example, pair.chosen)
-        assert not common.answer_correct(config.data, example, pair.rejected)
+        assert pair.chosen == example.solution and tasks.answer_correct(config.data, example, pair.chosen)
+        assert not tasks.answer_correct(config.data, example, pair.rejected)
     lines = [line for line in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in line]
     assert [(line["round/pairs"], line["round/reference_pairs"]) for line in lines] == [(8.0, 8.0)] * 2
     assert np.isfinite(final["loss"]) and final["pairs"] == 8

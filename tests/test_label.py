@@ -10,10 +10,10 @@ import pytest
 from rlr.config import ConfigError, load_config
 from rlr.data import synthetic
 from rlr.models import Transformer
-from rlr.train import common, label
+from rlr.train import common, label, params_io, tasks
 from rlr.train.metrics import read_jsonl
 
-SYNTHETIC = common.DataConfig()
+SYNTHETIC = tasks.DataConfig()
 QUESTION = "(3+4)*2"  # 3+4=7, 7*2=14, answer 14
 
 
@@ -27,15 +27,15 @@ QUESTION = "(3+4)*2"  # 3+4=7, 7*2=14, answer 14
     ("", False, []),
 ])
 def test_synthetic_labels(response, correct, step_labels):
-    example = common.TaskExample(QUESTION, "", "14")
+    example = tasks.TaskExample(QUESTION, "", "14")
     assert label.label_response(SYNTHETIC, example, response) == {
         "question": QUESTION, "response": response, "answer": "14", "correct": correct,
         "step_labels": step_labels, "num_steps": len(step_labels)}
 
 
 def test_real_tasks_label_the_outcome_only():
-    data = common.DataConfig(task="gsm8k", data_dir="unused")
-    example = common.TaskExample("Tom has 3 apples and buys 4.", "3+4=7\n#### 7", "7")
+    data = tasks.DataConfig(task="gsm8k", data_dir="unused")
+    example = tasks.TaskExample("Tom has 3 apples and buys 4.", "3+4=7\n#### 7", "7")
     right = label.label_response(data, example, "He has 3 + 4 = 7.\n\nThe answer is 7.")
     assert (right["correct"], right["step_labels"], right["num_steps"]) == (True, [], 2)
     assert not label.label_response(data, example, "The answer is 8.")["correct"]
@@ -83,7 +83,7 @@ def alphabet_policy(tmp_path_factory) -> str:
     """
     config = label_config("")
     s = common.setup(config)
-    params = common.load_params(Transformer(s.model_config), "", s.mesh, jax.random.key(0))
+    params = params_io.load_params(Transformer(s.model_config), "", s.mesh, jax.random.key(0))
     tokenizer = s.tokenizer
     head_row = np.full(s.model_config.vocab_size, -10.0, np.float32)
     head_row[3:tokenizer.vocab_size] = 0.0  # the characters (ids 0, 1, 2 are pad, bos, eos)
@@ -91,7 +91,7 @@ def alphabet_policy(tmp_path_factory) -> str:
     params["embed"]["embedding"] = params["embed"]["embedding"].at[:, 0].set(30.0)
     params["lm_head"] = params["lm_head"].at[0].set(head_row)
     workdir = str(tmp_path_factory.mktemp("policy"))
-    common.export_params(workdir, params)
+    params_io.export_params(workdir, params)
     return workdir
 
 
@@ -104,7 +104,7 @@ def label_run(alphabet_policy, tmp_path_factory):
 def test_label_run_writes_every_response_labelled(label_run):
     workdir, stats = label_run
     records = read_jsonl(f"{workdir}/labelled.jsonl")
-    examples = common.task_examples(label_config("").data, "train", limit=10)
+    examples = tasks.task_examples(label_config("").data, "train", limit=10)
     records, references = records[:20], records[20:]
     assert [r["question"] for r in records] == [e.question for e in examples for _ in range(2)]
     # then one corrupted reference solution a problem and mode, labelled by the checker

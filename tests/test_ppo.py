@@ -18,7 +18,7 @@ from rlr.models import Transformer, get_config
 from rlr.parallel import make_mesh
 from rlr.parallel.memory import (activation_bytes, kv_cache_bytes, param_bytes,
                                  sampler_activation_bytes, scoring_activation_bytes)
-from rlr.train import common, ppo, sft
+from rlr.train import common, params_io, ppo, sft
 from rlr.train.metrics import read_jsonl
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
@@ -111,14 +111,14 @@ def test_ppo_raises_the_reward_and_logs_metrics_evals_and_samples(sft_dir, tmp_p
     rollout = [s for s in samples if not s.get("eval")]
     assert len(rollout) == 4 * config.logging.num_samples
     assert {"prompt", "response", "step_rewards", "step_prm_scores", "total_reward"} <= set(rollout[0])
-    assert os.path.isfile(os.path.join(workdir, common.PARAMS_INFO))  # the policy is exported
+    assert os.path.isfile(os.path.join(workdir, params_io.PARAMS_INFO))  # the policy is exported
 
 
 def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path, caplog):
     mesh = make_mesh()
     score_model = Transformer(get_config("tiny"), head="score")  # a PRM: the SFT decoder, a fresh head
     prm_dir = str(tmp_path / "prm")
-    common.export_params(prm_dir, common.load_params(score_model, sft_dir, mesh, jax.random.key(3)))
+    params_io.export_params(prm_dir, params_io.load_params(score_model, sft_dir, mesh, jax.random.key(3)))
     workdir = str(tmp_path / "ppo")
     config = ppo_config(sft_dir, "ppo.py:clip_delta", **{"rewards.prm_source": prm_dir,
                                                         "ppo.num_iterations": 2,
@@ -169,7 +169,7 @@ def test_resume_equals_a_straight_run(sft_dir, tmp_path):
     ppo.train(ppo_config(sft_dir, **{"ppo.num_iterations": 6}), resumed)  # resumes at 3
     assert loop_compiles(start) == dict.fromkeys(LOOP_JITS, 0)  # runs of one setting share them
     mesh, model = make_mesh(), Transformer(get_config("tiny"))
-    a, b = (common.load_params(model, d, mesh, jax.random.key(0)) for d in (straight, resumed))
+    a, b = (params_io.load_params(model, d, mesh, jax.random.key(0)) for d in (straight, resumed))
     jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6), a, b)
     later = [{k: v for k, v in line.items() if not k.startswith(("time/", "wall", "tokens_per_s",
                                                                   "rollout/tokens"))}

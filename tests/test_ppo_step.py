@@ -18,7 +18,7 @@ from rlr.models import Transformer, get_config, lm_head_weight
 from rlr.parallel import make_mesh
 from rlr.rewards.shaping import RewardSpec
 from rlr.sampling import Rollout
-from rlr.train import common, ppo
+from rlr.train import ppo, sequences
 from rlr.train.optim import OptimConfig, make_optimizer
 from rlr.train.ppo_step import UpdateConfig, minibatch_rows, ppo_update
 from rlr.train.rollout_scoring import Models, ScoringConfig, host_scores
@@ -51,9 +51,9 @@ def init(model, seed):
 @pytest.fixture(scope="module")
 def rollout():
     """The Rollout of RESPONSES (eos included, right-padded) to the repeated QUESTIONS."""
-    prompts = [common.prompt_text(TOK, q) for q in QUESTIONS]
-    prompt_tokens, prompt_mask = common.encode_prompts(TOK, prompts, bucket=8)
-    response_tokens, response_mask = common.encode_responses(TOK, RESPONSES, bucket=8)
+    prompts = [sequences.prompt_text(TOK, q) for q in QUESTIONS]
+    prompt_tokens, prompt_mask = sequences.encode_prompts(TOK, prompts, bucket=8)
+    response_tokens, response_mask = sequences.encode_responses(TOK, RESPONSES, bucket=8)
     rows = np.repeat(np.arange(2), GROUP)
     return Rollout(jnp.asarray(prompt_tokens[rows]), jnp.asarray(prompt_mask[rows]),
                    jnp.asarray(response_tokens), jnp.asarray(response_mask),
@@ -213,13 +213,13 @@ def test_map_row_slices_takes_every_kth_row_and_restores_the_order():
     x = jax.device_put(np.arange(32 * 3, dtype=np.float32).reshape(32, 3),
                        NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None)))
     # Not row-wise on purpose: each row minus its slice's mean shows which rows share a slice.
-    out = jax.jit(lambda v: common.map_row_slices(lambda s: s - s.mean(axis=0), v, 4))(x)
+    out = jax.jit(lambda v: sequences.map_row_slices(lambda s: s - s.mean(axis=0), v, 4))(x)
     expected = np.asarray(x).copy()
     for k in range(4):
         expected[k::4] -= expected[k::4].mean(axis=0)
     np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5)
     assert out.sharding.is_equivalent_to(x.sharding, 2)
-    square = common.map_row_slices(lambda s: {"sq": s ** 2}, x, 8)  # row-wise: the same as whole
+    square = sequences.map_row_slices(lambda s: {"sq": s ** 2}, x, 8)  # row-wise: the same as whole
     np.testing.assert_array_equal(np.asarray(square["sq"]), np.asarray(x) ** 2)
 
 

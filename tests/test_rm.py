@@ -19,7 +19,7 @@ from rlr.data.tokenizer import CharTokenizer
 from rlr.models import Transformer
 from rlr.parallel import shard_batch
 from rlr.parallel.memory import activation_bytes, param_bytes
-from rlr.train import common, rm, rm_step
+from rlr.train import common, params_io, rm, rm_step, tasks
 from rlr.train.metrics import read_jsonl
 from rlr.train.optim import make_optimizer
 
@@ -76,9 +76,9 @@ def policy(tmp_path_factory) -> str:
     """An exported random "lm" init, as an SFT run's export: the reward models start from its
     decoder with a fresh score head (and restoring it is cheaper than compiling an init)."""
     s = common.setup(rm_config("orm", ""))
-    params = common.load_params(Transformer(s.model_config), "", s.mesh, jax.random.key(0))
+    params = params_io.load_params(Transformer(s.model_config), "", s.mesh, jax.random.key(0))
     workdir = str(tmp_path_factory.mktemp("policy"))
-    common.export_params(workdir, params)
+    params_io.export_params(workdir, params)
     return workdir
 
 
@@ -98,7 +98,7 @@ def load_scorer(workdir: str):
     config = rm_config("orm", "")
     s = common.setup(config)
     model = Transformer(s.model_config, head="score")
-    return s, model, common.load_params(model, workdir, s.mesh, jax.random.key(0))
+    return s, model, params_io.load_params(model, workdir, s.mesh, jax.random.key(0))
 
 
 def test_orm_beats_chance_on_held_out_questions(orm_run):
@@ -167,7 +167,7 @@ def test_rerank_picks_the_right_solution(orm_run, prm_run, kind):
     s, model, params = load_scorer((orm_run if kind == "orm" else prm_run)[0])
     rng = random.Random(2)
     held_out = problems(9, 8)
-    examples = [common.TaskExample(p.question, p.solution, str(p.answer)) for p in held_out]
+    examples = [tasks.TaskExample(p.question, p.solution, str(p.answer)) for p in held_out]
     responses = [[flagged_corruption(p, rng), p.solution, flagged_corruption(p, rng)] for p in held_out]
     result = rm.rerank(model, params, s.tokenizer, rm_config(kind, "").data, examples, responses,
                        kind=kind, mesh=s.mesh, batch_size=8)
@@ -210,7 +210,7 @@ def test_segment_labels():
 
 
 def test_process_rows_label_the_kept_steps_at_their_end_tokens():
-    tokenizer, data = CharTokenizer(), common.DataConfig()
+    tokenizer, data = CharTokenizer(), tasks.DataConfig()
     response = "1+1=2\n2+1=3\nanswer: 3"  # lines end at characters 5, 11 and 20
     records = [rm.Labelled("(1+1)+1", response, True, (0, 1)), rm.Labelled("1+1", "answer: 3", False, ())]
     rows = rm.process_rows(tokenizer, data, records, max_steps=2)

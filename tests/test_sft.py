@@ -14,7 +14,7 @@ from rlr.config import ConfigError, load_config
 from rlr.data import synthetic
 from rlr.models import Transformer
 from rlr.parallel.memory import format_bytes, param_bytes
-from rlr.train import common, sft
+from rlr.train import common, params_io, sft, tasks
 from rlr.train.metrics import read_jsonl
 
 TOTAL_STEPS = 6
@@ -40,9 +40,9 @@ def init(tmp_path_factory) -> str:
     """An exported random init that every run starts from (restoring it is cheaper than
     compiling the init again; the runs start from the same params either way)."""
     s = common.setup(sft_config(TOTAL_STEPS))
-    params = common.load_params(Transformer(s.model_config), "", s.mesh, jax.random.key(0))
+    params = params_io.load_params(Transformer(s.model_config), "", s.mesh, jax.random.key(0))
     workdir = str(tmp_path_factory.mktemp("sft_init"))
-    common.export_params(workdir, params)
+    params_io.export_params(workdir, params)
     return workdir
 
 
@@ -57,7 +57,7 @@ def _load(workdir: str, head: str = "lm"):
     config = sft_config(TOTAL_STEPS)
     s = common.setup(config)
     model = Transformer(s.model_config, head=head)
-    return common.load_params(model, workdir, s.mesh, jax.random.key(1))
+    return params_io.load_params(model, workdir, s.mesh, jax.random.key(1))
 
 
 def _flat(params) -> dict:
@@ -102,9 +102,9 @@ def test_export_loads_into_a_score_model(straight):
 
 
 def test_needless_fraction_adds_one_needless_correct_step_to_that_share_of_train_solutions():
-    plain = common.task_examples(common.DataConfig(num_train=400), "train")
-    data = common.DataConfig(num_train=400, needless_fraction=0.25)
-    examples = common.task_examples(data, "train")
+    plain = tasks.task_examples(tasks.DataConfig(num_train=400), "train")
+    data = tasks.DataConfig(num_train=400, needless_fraction=0.25)
+    examples = tasks.task_examples(data, "train")
     changed = [(p, e) for p, e in zip(plain, examples) if e.solution != p.solution]
     assert 0.18 < len(changed) / len(examples) < 0.32  # binomial(400, 0.25): 4.5 sigma
     for p, e in changed:
@@ -114,7 +114,7 @@ def test_needless_fraction_adds_one_needless_correct_step_to_that_share_of_train
         assert check.num_steps == len(plain_steps) + 1 and all(check.correct) and check.answer_correct
         extra = [s for k, s in enumerate(check.steps) if check.steps[:k] + check.steps[k + 1:] == plain_steps]
         assert extra and (extra[0] in plain_steps or re.fullmatch(r"(-?\d+)(\*1|\+0|-0)=\1", extra[0]))
-    assert common.task_examples(data, "train", limit=50) == examples[:50]  # prefix-stable
-    assert common.task_examples(data, "eval") == common.task_examples(common.DataConfig(num_train=400), "eval")
+    assert tasks.task_examples(data, "train", limit=50) == examples[:50]  # prefix-stable
+    assert tasks.task_examples(data, "eval") == tasks.task_examples(tasks.DataConfig(num_train=400), "eval")
     with pytest.raises(ConfigError, match="needless_fraction"):
-        common.DataConfig(needless_fraction=1.5)
+        tasks.DataConfig(needless_fraction=1.5)

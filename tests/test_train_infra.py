@@ -215,7 +215,7 @@ def test_restore_from_bad_paths_name_the_path(setup, tmp_path):
 def test_load_params_from_an_unfinished_run_names_the_run(mesh, tmp_path):
     """A run that stopped before its export holds config.json (the run config) and config.txt:
     load_params says the run did not finish, not that config.json is a bad HF checkpoint."""
-    from rlr.train import common
+    from rlr.train import params_io
 
     run = tmp_path / "run"
     run.mkdir()
@@ -223,7 +223,7 @@ def test_load_params_from_an_unfinished_run_names_the_run(mesh, tmp_path):
     (run / "config.txt").write_text("trainer: sft")
     with pytest.raises(CheckpointError, match=r"run: holds neither params_info.json .*did that run "
                                               r"finish"):
-        common.load_params(Transformer(get_config("tiny")), str(run), mesh, jax.random.key(0))
+        params_io.load_params(Transformer(get_config("tiny")), str(run), mesh, jax.random.key(0))
 
 
 def test_sigterm_sets_the_stop_flag():

@@ -5,7 +5,7 @@ rlr.train.ppo_step.ppo_update) runs on the same random params and batch with and
 option: rematerialisation (full: SFT; dots: PPO), the time chunk of the LM-head log-probs (one
 chunk vs chunks that do not divide the length), bfloat16 vs float32 compute (SFT), a
 bfloat16-stored DPO reference model, and cuDNN attention's packed rows (DPO). (The DPO step reads its log-probs through the same
-rlr.train.common.response_logprobs as the PPO step, so remat and chunks are checked there.)
+rlr.train.sequences.response_logprobs as the PPO step, so remat and chunks are checked there.)
 One compile per variant keeps this under a minute of CPU. float32 options must agree to float32 rounding, bfloat16 compute to bfloat16
 tolerance, and the bfloat16 reference under bfloat16 compute exactly (the kernels are cast to
 bfloat16 before every matmul either way).

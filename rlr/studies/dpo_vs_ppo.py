@@ -237,31 +237,31 @@ def coverage(config, sets: Sequence[PreferenceSet], run_dirs: dict[str, str],
 
     from rlr.models import Transformer
     from rlr.parallel import shard_batch
-    from rlr.train import common
+    from rlr.train import common, params_io, sequences, tasks
 
     s = common.setup(config)
-    data = common.as_data_config(config.data)
+    data = tasks.as_data_config(config.data)
     model = Transformer(s.model_config)
     prompts, responses, groups = [], [], []
     for i, p in enumerate(sets):
-        text = common.prompt_text(s.tokenizer, p.question, data.prompt_template)
+        text = sequences.prompt_text(s.tokenizer, p.question, data.prompt_template)
         for kind, texts in ((0, p.chosen), (1, p.rejected)):
             prompts += [text] * len(texts)
             responses += list(texts)
             groups += [2 * i + kind] * len(texts)
-    pt, pm = common.encode_prompts(s.tokenizer, prompts, data.prompt_bucket)
-    rt, rmask = common.encode_responses(s.tokenizer, responses, data.response_bucket,
+    pt, pm = sequences.encode_prompts(s.tokenizer, prompts, data.prompt_bucket)
+    rt, rmask = sequences.encode_responses(s.tokenizer, responses, data.response_bucket,
                                         max_len=data.max_response_len)
 
     @jax.jit
     def sequence_logps(params, prompt_tokens, prompt_mask, response_tokens, response_mask):
-        batch = common.sequence_inputs(prompt_tokens, prompt_mask, response_tokens, response_mask)
-        logp = common.response_logprobs(model, params, batch)
+        batch = sequences.sequence_inputs(prompt_tokens, prompt_mask, response_tokens, response_mask)
+        logp = sequences.response_logprobs(model, params, batch)
         return jnp.sum(jnp.where(batch.response_mask, logp, 0.0), axis=1)
 
     out = {}
     for name, run_dir in run_dirs.items():
-        params = common.load_params(model, run_dir, s.mesh, s.rng, s.tokenizer)
+        params = params_io.load_params(model, run_dir, s.mesh, s.rng, s.tokenizer)
         logps = []
         with common.model_context(s.mesh):
             for start in range(0, len(prompts), batch_size):

@@ -62,7 +62,7 @@ from rlr.models import Transformer
 from rlr.parallel import gather_rows, process_rows, shard_batch
 from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler, bucket_length as sampler_bucket
-from rlr.train import common, dpo_step
+from rlr.train import common, dpo_step, params_io, sequences, tasks
 from rlr.train.metrics import MetricsWriter
 from rlr.train.optim import make_optimizer
 from rlr.train.sft import check_batch_size
@@ -190,11 +190,11 @@ def corrupt_pairs(problems: Sequence[synthetic.Problem], tokenizer: Tokenizer, d
     """Pairs of the synthetic task: each problem's reference solution over up to `per_prompt`
     flawed ones, one a corruption mode (modes tried in a random order; a mode that cannot
     corrupt a problem is skipped). Deterministic in `seed`."""
-    d = common.as_data_config(data)
+    d = tasks.as_data_config(data)
     rng = random.Random(seed)
     pairs = []
     for problem in problems:
-        prompt = common.prompt_text(tokenizer, problem.question, d.prompt_template)
+        prompt = sequences.prompt_text(tokenizer, problem.question, d.prompt_template)
         made: list[str] = []
         for mode in rng.sample(list(modes), len(modes)):
             if len(made) == per_prompt:
@@ -242,7 +242,7 @@ def labelled_pairs(records: Sequence[LabelledResponse], tokenizer: Tokenizer, da
     """Pairs of labelled responses, grouped by question (in file order): for each question up to
     `per_prompt` of its (correct, incorrect) combinations, drawn at random without repeats;
     a question without both kinds gives none."""
-    d = common.as_data_config(data)
+    d = tasks.as_data_config(data)
     rng = random.Random(seed)
     grouped: dict[str, tuple[list[str], list[str]]] = {}
     for r in records:
@@ -255,7 +255,7 @@ def labelled_pairs(records: Sequence[LabelledResponse], tokenizer: Tokenizer, da
         combos = [(c, w) for c in correct for w in wrong]
         if not combos:
             continue
-        prompt = common.prompt_text(tokenizer, question, d.prompt_template)
+        prompt = sequences.prompt_text(tokenizer, question, d.prompt_template)
         out[question] = [Pair(prompt, c, w) for c, w in rng.sample(combos, min(per_prompt, len(combos)))]
     return out
 
@@ -278,7 +278,7 @@ def dataset_pairs(name: str, split: str, data: Any, manual_dir: str, builder_con
     prompt verbatim, its chosen and rejected replies. `limit`: the first `limit` only."""
     from rlr.data.datasets import load_split
 
-    d = common.as_data_config(data)
+    d = tasks.as_data_config(data)
     if not d.data_dir:
         raise ConfigError(f"config.dpo.pairs={name!r}: set config.data.data_dir (where load_split "
                           f"prepares the dataset)")
@@ -340,14 +340,14 @@ PairRows = dict[str, np.ndarray]  # the PairBatch fields as host arrays, N pairs
 def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[Pair], data: Any, max_prompt_len: int = 0,
                  prompt_length: Optional[int] = None,
                  response_length: Optional[int] = None) -> PairRows:
-    """Host arrays of pairs (the PairBatch fields): prompts left-padded (common.encode_prompts, to
+    """Host arrays of pairs (the PairBatch fields): prompts left-padded (sequences.encode_prompts, to
     `prompt_length` or the bucketed longest; with max_prompt_len > 0 cut to their last
     max_prompt_len tokens), chosen and rejected responses right-padded to one length
-    (common.encode_responses, eos added, cut to config.data.max_response_len), pair_mask True."""
-    d = common.as_data_config(data)
+    (sequences.encode_responses, eos added, cut to config.data.max_response_len), pair_mask True."""
+    d = tasks.as_data_config(data)
     if not pairs:
         raise ValueError("encode_pairs: no pairs")
-    prompt_tokens, prompt_mask = common.encode_prompts(tokenizer, [p.prompt for p in pairs],
+    prompt_tokens, prompt_mask = sequences.encode_prompts(tokenizer, [p.prompt for p in pairs],
                                                        d.prompt_bucket)
     if max_prompt_len and prompt_tokens.shape[1] > max_prompt_len:
         cut = int(np.sum(prompt_mask[:, :-max_prompt_len].any(axis=1)))
@@ -362,7 +362,7 @@ def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[Pair], data: Any, max_pro
                              f"prompt_length={prompt_length}")
         prompt_tokens = np.pad(prompt_tokens, ((0, 0), (extra, 0)), constant_values=tokenizer.pad_id)
         prompt_mask = np.pad(prompt_mask, ((0, 0), (extra, 0)))
-    tokens, mask = common.encode_responses(tokenizer, [p.chosen for p in pairs] + [p.rejected for p in pairs],
+    tokens, mask = sequences.encode_responses(tokenizer, [p.chosen for p in pairs] + [p.rejected for p in pairs],
                                            d.response_bucket, max_len=d.max_response_len,
                                            length=response_length)
     n = len(pairs)
@@ -404,13 +404,13 @@ def eval_batches(rows: PairRows, batch_size: int) -> list[dpo_step.PairBatch]:
 # ----------------------------------------------------------------------------- sampled pairs
 
 
-ScoreFn = Callable[[Sequence[common.TaskExample], Sequence[str], Sequence[Sequence[str]]], list[list[float]]]
+ScoreFn = Callable[[Sequence[tasks.TaskExample], Sequence[str], Sequence[Sequence[str]]], list[list[float]]]
 
 
 def checker_scores(data: Any) -> ScoreFn:
-    """score(examples, prompts, responses) -> 1 / 0 per response: common.answer_correct."""
+    """score(examples, prompts, responses) -> 1 / 0 per response: tasks.answer_correct."""
     def score(examples, prompts, responses):
-        return [[float(common.answer_correct(data, e, r)) for r in rs] for e, rs in zip(examples, responses)]
+        return [[float(tasks.answer_correct(data, e, r)) for r in rs] for e, rs in zip(examples, responses)]
 
     return score
 
@@ -418,22 +418,22 @@ def checker_scores(data: Any) -> ScoreFn:
 def rm_scores(s: common.Setup, rm_model: Transformer, rm_params: Any, data: Any,
               prompt_length: int, response_length: int, rows_per_call: int) -> ScoreFn:
     """score(examples, prompts, responses) -> the outcome reward model's verdict per response
-    (common.outcome_scores: the score head at the last response token), `rows_per_call`
+    (sequences.outcome_scores: the score head at the last response token), `rows_per_call`
     responses a call, all at one compiled shape ([rows, prompt_length + response_length])."""
-    d = common.as_data_config(data)
+    d = tasks.as_data_config(data)
 
     @jax.jit
     def verdicts(params, prompt_tokens, prompt_mask, response_tokens, response_mask):
-        batch = common.sequence_inputs(prompt_tokens, prompt_mask, response_tokens, response_mask)
-        return common.outcome_scores(common.response_scores(rm_model, params, batch), response_mask)
+        batch = sequences.sequence_inputs(prompt_tokens, prompt_mask, response_tokens, response_mask)
+        return sequences.outcome_scores(sequences.response_scores(rm_model, params, batch), response_mask)
 
     def score(examples, prompts, responses):
         flat_prompts = [p for p, rs in zip(prompts, responses) for _ in rs]
         flat = [r for rs in responses for r in rs]
         if not flat:
             return [[] for _ in responses]
-        pt, pm = common.encode_prompts(s.tokenizer, flat_prompts, d.prompt_bucket, length=prompt_length)
-        rt, rmask = common.encode_responses(s.tokenizer, flat, d.response_bucket,
+        pt, pm = sequences.encode_prompts(s.tokenizer, flat_prompts, d.prompt_bucket, length=prompt_length)
+        rt, rmask = sequences.encode_responses(s.tokenizer, flat, d.response_bucket,
                                             max_len=d.max_response_len, length=response_length)
         out = []
         with common.model_context(s.mesh):
@@ -447,7 +447,7 @@ def rm_scores(s: common.Setup, rm_model: Transformer, rm_params: Any, data: Any,
 
 
 def sample_pairs(sampler: Sampler, params: Any, tokenizer: Tokenizer, data: Any,
-                 examples: Sequence[common.TaskExample], score_fn: ScoreFn, rng: jax.Array,
+                 examples: Sequence[tasks.TaskExample], score_fn: ScoreFn, rng: jax.Array,
                  batch_size: int, seed: Any, reference_chosen: bool = False
                  ) -> tuple[list[Pair], dict[str, float]]:
     """Sample sampler.config.num_samples responses to each example's prompt with `params`, score
@@ -455,8 +455,8 @@ def sample_pairs(sampler: Sampler, params: Any, tokenizer: Tokenizer, data: Any,
     numpy's default_rng(seed)); reference_chosen: the example's reference solution is the chosen
     one where no sample is correct. Returns (pairs, stats: round/score (mean score of the
     samples), round/pairs, round/reference_pairs (those with the reference chosen), round/prompts)."""
-    d = common.as_data_config(data)
-    prompts = [common.prompt_text(tokenizer, e.question, d.prompt_template) for e in examples]
+    d = tasks.as_data_config(data)
+    prompts = [sequences.prompt_text(tokenizer, e.question, d.prompt_template) for e in examples]
     responses = common.generate_texts(sampler, params, tokenizer, prompts, rng, batch_size, d.prompt_bucket)
     scores = score_fn(examples, prompts, responses)
     references = [e.solution for e in examples] if reference_chosen else None
@@ -467,8 +467,8 @@ def sample_pairs(sampler: Sampler, params: Any, tokenizer: Tokenizer, data: Any,
                    "round/reference_pairs": float(num_reference), "round/prompts": float(len(prompts))}
 
 
-def round_examples(examples: Sequence[common.TaskExample], round_index: int, count: int,
-                   seed: int) -> list[common.TaskExample]:
+def round_examples(examples: Sequence[tasks.TaskExample], round_index: int, count: int,
+                   seed: int) -> list[tasks.TaskExample]:
     """The `count` train problems of round `round_index`: consecutive slices of one seeded
     permutation of the problems, wrapping around."""
     order = np.random.default_rng(seed).permutation(len(examples))
@@ -489,20 +489,20 @@ class _Data(NamedTuple):
 
     train: Optional[list[Pair]]
     held_out: list[Pair]
-    eval_examples: list[common.TaskExample]
-    train_examples: list[common.TaskExample]
+    eval_examples: list[tasks.TaskExample]
+    train_examples: list[tasks.TaskExample]
 
 
 def _offline_pairs(config: ml_collections.ConfigDict, c: DPOConfig, tokenizer: Tokenizer,
-                   data: common.DataConfig) -> tuple[list[Pair], list[Pair]]:
+                   data: tasks.DataConfig) -> tuple[list[Pair], list[Pair]]:
     """(train, held-out) pairs of the offline sources."""
     if c.pairs == "corrupt":
         if data.task != "synthetic":
             raise ConfigError(f"config.dpo.pairs='corrupt' corrupts synthetic-task solutions; "
                               f"config.data.task={data.task!r}")
-        train = corrupt_pairs(common.synthetic_problems(data, "train"), tokenizer, data,
+        train = corrupt_pairs(tasks.synthetic_problems(data, "train"), tokenizer, data,
                               c.corruptions, c.pairs_per_prompt, config.seed)
-        held = corrupt_pairs(common.synthetic_problems(data, "eval"), tokenizer, data,
+        held = corrupt_pairs(tasks.synthetic_problems(data, "eval"), tokenizer, data,
                              c.corruptions, 1, config.seed + 1)[:c.eval_pairs]
         return train, held
     if c.pairs == "labelled":
@@ -515,17 +515,17 @@ def _offline_pairs(config: ml_collections.ConfigDict, c: DPOConfig, tokenizer: T
     return train, held
 
 
-def _task_examples(config: ml_collections.ConfigDict, data: common.DataConfig,
-                   sampled: bool) -> tuple[list[common.TaskExample], list[common.TaskExample]]:
+def _task_examples(config: ml_collections.ConfigDict, data: tasks.DataConfig,
+                   sampled: bool) -> tuple[list[tasks.TaskExample], list[tasks.TaskExample]]:
     """(train problems (sampled rounds only), held-out problems of the greedy accuracy)."""
-    if data.task not in common.TASKS:
+    if data.task not in tasks.TASKS:
         if sampled:
             raise ConfigError(f"config.dpo.pairs='sampled' samples answers to problems; "
-                              f"config.data.task={data.task!r} is not one of {common.TASKS}")
+                              f"config.data.task={data.task!r} is not one of {tasks.TASKS}")
         return [], []
     num = config.eval.num_problems
-    held = common.task_examples(data, "eval", limit=num) if num else []
-    return (common.task_examples(data, "train") if sampled else []), held
+    held = tasks.task_examples(data, "eval", limit=num) if num else []
+    return (tasks.task_examples(data, "train") if sampled else []), held
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -534,7 +534,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpoint; exports the final policy. Returns the final metrics."""
     s = common.setup(config)
     c = as_dpo_config(config.dpo)
-    data = common.as_data_config(config.data)
+    data = tasks.as_data_config(config.data)
     pref = c.preference()
     sampled = c.pairs == "sampled"
     check_batch_size(c.batch_size, s.mesh, "dpo.batch_size")
@@ -550,7 +550,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     model = Transformer(s.model_config)
     init_rng, state_rng, sample_rng, eval_rng, rm_rng = jax.random.split(s.rng, 5)
-    params = common.load_params(model, c.policy_source or config.model.hf_checkpoint, s.mesh,
+    params = params_io.load_params(model, c.policy_source or config.model.hf_checkpoint, s.mesh,
                                 init_rng, s.tokenizer)
     # A copy: the train step donates the policy's buffers.
     reference = jax.tree.map(jnp.copy, params) if pref.uses_reference else None
@@ -615,7 +615,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             progress_keys=("loss", "rewards/accuracy", "rewards/margin"), writer=writer)
     finally:
         writer.close()
-    common.export_params(workdir, state["policy"].params)
+    params_io.export_params(workdir, state["policy"].params)
     return final
 
 
@@ -630,24 +630,24 @@ class _Sampling(NamedTuple):
 
 
 def _sampled_rounds(config: ml_collections.ConfigDict, c: DPOConfig, s: common.Setup,
-                    model: Transformer, data: common.DataConfig,
-                    train_examples: Sequence[common.TaskExample],
-                    eval_examples: Sequence[common.TaskExample], initial_params: Any,
+                    model: Transformer, data: tasks.DataConfig,
+                    train_examples: Sequence[tasks.TaskExample],
+                    eval_examples: Sequence[tasks.TaskExample], initial_params: Any,
                     sample_rng: jax.Array, rm_rng: jax.Array) -> _Sampling:
     """The sampler and scorer of iterative DPO (the answer checker, or the ORM of
     config.dpo.rm_source), and the held-out pairs: sampled once from the initial policy on the
     held-out problems, sample_batch_size problems at a time until there are eval_pairs
     (deterministic, so a resumed run gets the same ones)."""
-    all_prompts = [common.prompt_text(s.tokenizer, e.question, data.prompt_template)
+    all_prompts = [sequences.prompt_text(s.tokenizer, e.question, data.prompt_template)
                    for e in list(train_examples) + list(eval_examples)]
     # One shape for every round: the longest prompt (cut pairs are padded back to it).
-    prompt_length = common.encode_prompts(s.tokenizer, all_prompts, data.prompt_bucket)[0].shape[1]
+    prompt_length = sequences.encode_prompts(s.tokenizer, all_prompts, data.prompt_bucket)[0].shape[1]
     response_length = bucket_length(data.max_response_len, data.response_bucket)
     sampler = Sampler(model, common.sampling_config(s.tokenizer, data, c.temperature, c.num_samples,
                                                     prefill_chunk=c.prefill_chunk), s.mesh)
     if c.rm_source:
         rm_model = Transformer(s.model_config, head="score")
-        rm_params = common.load_params(rm_model, c.rm_source, s.mesh, rm_rng, s.tokenizer)
+        rm_params = params_io.load_params(rm_model, c.rm_source, s.mesh, rm_rng, s.tokenizer)
         score_fn = rm_scores(s, rm_model, rm_params, data, prompt_length, response_length,
                              c.sample_batch_size * c.num_samples)
     else:
@@ -726,7 +726,7 @@ class _Rounds:
 
 def _make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Transformer,
                    pref: dpo_step.PreferenceConfig, held_out: Optional[PairRows],
-                   examples: Sequence[common.TaskExample], initial_reference: Any,
+                   examples: Sequence[tasks.TaskExample], initial_reference: Any,
                    writer: MetricsWriter, rng: jax.Array):
     """evaluate(state, step) -> held-out pair metrics (pair_loss, pair_accuracy (implicit reward
     accuracy), pair_margin, pair_chosen, pair_rejected; always against the initial policy, so
@@ -735,7 +735,7 @@ def _make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tr
     to evaluate."""
     if held_out is None and not examples:
         return None
-    data = common.as_data_config(config.data)
+    data = tasks.as_data_config(config.data)
     batch_size = config.eval.batch_size
     batches = eval_batches(held_out, batch_size) if held_out is not None else []
     rows = process_rows(batch_size, s.mesh)  # the pairs of each batch this process feeds
@@ -765,7 +765,7 @@ def _make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tr
                                                        rng, batch_size)
             writer.write_samples(step, [
                 {"prompt": e.question, "response": r, "reference": e.answer,
-                 "correct": common.answer_correct(data, e, r)}
+                 "correct": tasks.answer_correct(data, e, r)}
                 for e, r in list(zip(examples, responses))[:config.logging.num_samples]])
             out["accuracy"] = accuracy
             out["response_length"] = float(np.mean([len(s.tokenizer.encode(r)) for r in responses]))

@@ -22,7 +22,7 @@ import optax
 from rlr.losses.dpo import DPO_KINDS, dpo_loss, sequence_logp, simpo_loss
 from rlr.losses.masked import masked_mean
 from rlr.models import Transformer
-from rlr.train import common
+from rlr.train import sequences
 from rlr.train.state import TrainState, apply_gradients
 
 LOSSES = DPO_KINDS + ("simpo",)
@@ -79,7 +79,7 @@ class PreferenceConfig:
         return self.loss != "simpo"
 
 
-def pair_sequences(batch: PairBatch) -> common.SequenceBatch:
+def pair_sequences(batch: PairBatch) -> sequences.SequenceBatch:
     """The [2B, P + R] model batch of B pairs: row 2b = (prompt b, chosen b), row 2b + 1 =
     (prompt b, rejected b)."""
     chex.assert_equal_shape([batch.chosen_tokens, batch.rejected_tokens])
@@ -87,7 +87,7 @@ def pair_sequences(batch: PairBatch) -> common.SequenceBatch:
     def interleave(a, b):  # [B, ...] x 2 -> [2B, ...]
         return jnp.stack([a, b], axis=1).reshape((-1,) + a.shape[1:])
 
-    return common.sequence_inputs(interleave(batch.prompt_tokens, batch.prompt_tokens),
+    return sequences.sequence_inputs(interleave(batch.prompt_tokens, batch.prompt_tokens),
                                   interleave(batch.prompt_mask, batch.prompt_mask),
                                   interleave(batch.chosen_tokens, batch.rejected_tokens),
                                   interleave(batch.chosen_mask, batch.rejected_mask))
@@ -112,7 +112,7 @@ def pair_logps(model: Transformer, params: Any, batch: PairBatch, chunk_size: in
     """log pi(y_w | x) and log pi(y_l | x) of every pair: sequence_logp of the response tokens'
     log-probs (rlr.models.token_logprobs in time chunks), and the response lengths."""
     seq = pair_sequences(batch)
-    token_logp = common.response_logprobs(model, params, seq, chunk_size)  # [2B, R]
+    token_logp = sequences.response_logprobs(model, params, seq, chunk_size)  # [2B, R]
     logp = sequence_logp(token_logp, seq.response_mask).reshape(-1, 2)  # [B, 2]
     lengths = jnp.sum(seq.response_mask, axis=1, dtype=jnp.float32).reshape(-1, 2)
     return PairLogps(logp[:, 0], logp[:, 1], lengths[:, 0], lengths[:, 1])

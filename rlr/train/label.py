@@ -15,7 +15,7 @@ WORKDIR/labelled.jsonl:
   gets hacked by, Gao et al. 2024), num_steps its number of steps (the lines before the answer
   line), correct = final_answer_correct.
 - Real tasks (gsm8k, math): the outcome only, correct = the verifier's verdict
-  (rlr.train.common.answer_correct); step_labels = [], num_steps = the response's lines
+  (rlr.train.tasks.answer_correct); step_labels = [], num_steps = the response's lines
   (rlr.rewards.segment.split_steps).
 
 Synthetic task, config.label.corruptions (modes of rlr.data.synthetic.corrupt): for each problem
@@ -48,7 +48,7 @@ from rlr.data.batching import bucket_length
 from rlr.models import Transformer
 from rlr.rewards.segment import split_steps
 from rlr.sampling import Sampler
-from rlr.train import common
+from rlr.train import common, params_io, sequences, tasks
 from rlr.train.metrics import MetricsWriter, read_jsonl
 from rlr.train.sft import check_batch_size
 
@@ -58,10 +58,10 @@ LABELLED_FILE = "labelled.jsonl"  # what a label run writes in its workdir (rlr.
 FIELDS = ("question", "response", "answer", "correct", "step_labels", "num_steps")
 
 
-def label_response(data: Any, example: common.TaskExample, response: str) -> dict:
+def label_response(data: Any, example: tasks.TaskExample, response: str) -> dict:
     """The labelled record of one response to a problem (fields FIELDS, see the module docstring)."""
-    correct = common.answer_correct(data, example, response)
-    if common.as_data_config(data).task == "synthetic":
+    correct = tasks.answer_correct(data, example, response)
+    if tasks.as_data_config(data).task == "synthetic":
         check = synthetic.check_steps(example.question, response)
         step_labels, num_steps = [int(ok) for ok in check.correct], check.num_steps
     else:
@@ -87,7 +87,7 @@ def label_stats(records: Sequence[dict], num_samples: int) -> dict:
             "num_responses": len(records), "num_problems": len(records) // num_samples}
 
 
-def corrupted_references(data: Any, examples: Sequence[common.TaskExample], modes: Sequence[str],
+def corrupted_references(data: Any, examples: Sequence[tasks.TaskExample], modes: Sequence[str],
                          seed: int) -> list[dict]:
     """Labelled records (label_response) of one synthetic.corrupt copy of each example's reference
     solution a mode, from one random.Random(seed) stream; a mode that cannot corrupt a problem
@@ -129,7 +129,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config.label.num_problems train problems (see the module docstring); returns label_stats."""
     s = common.setup(config)
     c = config.label
-    data = common.as_data_config(config.data)
+    data = tasks.as_data_config(config.data)
     for key in ("num_problems", "num_samples"):
         if c[key] < 1:
             raise ConfigError(f"config.label.{key}={c[key]}: expected >= 1")
@@ -140,11 +140,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_batch_size(c.batch_size, s.mesh, "label.batch_size")
     model = Transformer(s.model_config)
     init_rng, sample_rng = jax.random.split(s.rng)
-    params = common.load_params(model, c.policy_source or config.model.hf_checkpoint, s.mesh,
+    params = params_io.load_params(model, c.policy_source or config.model.hf_checkpoint, s.mesh,
                                 init_rng, s.tokenizer)
-    examples = common.task_examples(data, "train", limit=c.num_problems)
-    prompts = [common.prompt_text(s.tokenizer, e.question, data.prompt_template) for e in examples]
-    longest = common.encode_prompts(s.tokenizer, prompts, 1)[0].shape[1]
+    examples = tasks.task_examples(data, "train", limit=c.num_problems)
+    prompts = [sequences.prompt_text(s.tokenizer, e.question, data.prompt_template) for e in examples]
+    longest = sequences.encode_prompts(s.tokenizer, prompts, 1)[0].shape[1]
     sampling = common.sampling_config(s.tokenizer, data, temperature=c.temperature,
                                       num_samples=c.num_samples, top_k=c.top_k, top_p=c.top_p)
     # One prompt length for every batch: the sampler compiles once.

@@ -41,7 +41,6 @@ import logging
 from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -54,7 +53,7 @@ from rlr.parallel.memory import MemoryEstimate, estimate_memory
 from rlr.rewards.segment import split_steps
 from rlr.rewards.shaping import RewardSpec
 from rlr.sampling import Sampler
-from rlr.train import common, rollout_scoring
+from rlr.train import common, params_io, rollout_scoring, sequences, tasks
 from rlr.train.metrics import MetricsWriter, Timer
 from rlr.train.optim import OptimConfig, as_optim_config, make_optimizer
 from rlr.train.ppo_step import UpdateConfig, ppo_update
@@ -65,7 +64,7 @@ from rlr.train.state import create_train_state, ema_update
 log = logging.getLogger(__name__)
 
 REFERENCES = ("fixed", "ema")
-CHECKED_TASKS = common.TASKS  # tasks whose final answers are checked (success reward, accuracy)
+CHECKED_TASKS = tasks.TASKS  # tasks whose final answers are checked (success reward, accuracy)
 PROMPT_TASKS = CHECKED_TASKS + ("hh_rlhf",)  # tasks PPO takes prompts from
 
 
@@ -236,13 +235,13 @@ def _check_rewards(spec: RewardSpec, models: RewardModels, task: str) -> None:
 # ----------------------------------------------------------------------------- prompts
 
 
-def prompt_examples(data: Any, split: str, limit: Optional[int] = None) -> list[common.TaskExample]:
+def prompt_examples(data: Any, split: str, limit: Optional[int] = None) -> list[tasks.TaskExample]:
     """The problems of a split ("train" | "eval") whose questions PPO prompts with:
-    common.task_examples for the tasks with answers, the HH-RLHF dialogues (record "prompt",
+    tasks.task_examples for the tasks with answers, the HH-RLHF dialogues (record "prompt",
     up to the last "Assistant:"; no answer) for task hh_rlhf."""
-    d = common.as_data_config(data)
+    d = tasks.as_data_config(data)
     if d.task in CHECKED_TASKS:
-        return common.task_examples(d, split, limit)
+        return tasks.task_examples(d, split, limit)
     if d.task != "hh_rlhf":
         raise ConfigError(f"config.data.task={d.task!r}: expected one of {PROMPT_TASKS}")
     from rlr.data.datasets import load_split
@@ -250,17 +249,17 @@ def prompt_examples(data: Any, split: str, limit: Optional[int] = None) -> list[
     source = load_split("hh_rlhf", d.train_split if split == "train" else d.eval_split,
                         d.data_dir, d.manual_dir or None)
     count = len(source) if limit is None else min(limit, len(source))
-    return [common.TaskExample(source[i]["prompt"], source[i]["chosen"], "") for i in range(count)]
+    return [tasks.TaskExample(source[i]["prompt"], source[i]["chosen"], "") for i in range(count)]
 
 
 class Prompts:
     """The train prompts, encoded once to one width P (so every rollout has one shape), and
     their examples (what a response is checked against)."""
 
-    def __init__(self, tokenizer, data: Any, examples: Sequence[common.TaskExample],
+    def __init__(self, tokenizer, data: Any, examples: Sequence[tasks.TaskExample],
                  max_len: int = 0):
-        d = common.as_data_config(data)
-        texts = [common.prompt_text(tokenizer, e.question, d.prompt_template) for e in examples]
+        d = tasks.as_data_config(data)
+        texts = [sequences.prompt_text(tokenizer, e.question, d.prompt_template) for e in examples]
         if max_len:
             lengths = np.array([len(tokenizer.encode(t)) + (tokenizer.bos_id is not None)
                                 for t in texts])
@@ -271,7 +270,7 @@ class Prompts:
             texts, examples = [texts[i] for i in keep], [examples[i] for i in keep]
         if not texts:
             raise ConfigError("config.ppo.max_prompt_len: no train prompt is short enough")
-        tokens, mask = common.encode_prompts(tokenizer, texts, d.prompt_bucket)
+        tokens, mask = sequences.encode_prompts(tokenizer, texts, d.prompt_bucket)
         self.examples = list(examples)
         self.rows = {"tokens": tokens, "mask": mask, "index": np.arange(len(texts))}
 
@@ -358,7 +357,7 @@ def response_stats(texts: Sequence[str], lengths: Sequence[int], delimiter: str)
             "repetition_rate": float(np.mean(reps))}
 
 
-def sample_records(examples: Sequence[common.TaskExample], text: RolloutText, host: HostScores,
+def sample_records(examples: Sequence[tasks.TaskExample], text: RolloutText, host: HostScores,
                    token_rewards: np.ndarray, prm_scores: np.ndarray, count: int) -> list[dict]:
     """samples.jsonl records of the first `count` rows: prompt, response, reference answer,
     success, the PRM score and the shaped reward at each step's end token, the total reward."""
@@ -383,10 +382,10 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
     num = config.eval.num_problems
     if num == 0:
         return None
-    data = common.as_data_config(config.data)
+    data = tasks.as_data_config(config.data)
     check_batch_size(config.eval.batch_size, s.mesh, "eval.batch_size")
     examples = prompt_examples(data, "eval", limit=num)
-    prompts = [common.prompt_text(s.tokenizer, e.question, data.prompt_template) for e in examples]
+    prompts = [sequences.prompt_text(s.tokenizer, e.question, data.prompt_template) for e in examples]
     sampler = cached_sampler(model, common.sampling_config(s.tokenizer, data), s.mesh)
     checked = data.task in CHECKED_TASKS
 
@@ -396,7 +395,7 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
             data.prompt_bucket)]
         lengths = [len(s.tokenizer.encode(r)) for r in responses]
         metrics = response_stats(responses, lengths, delimiter)
-        correct = [common.answer_correct(data, e, r) if checked else None
+        correct = [tasks.answer_correct(data, e, r) if checked else None
                    for e, r in zip(examples, responses)]
         if checked:
             metrics["accuracy"] = float(np.mean(correct))
@@ -448,7 +447,7 @@ def make_run(config: ml_collections.ConfigDict, s: common.Setup) -> Run:
     spec, rewards = as_rewards(config.rewards)
     sampling = as_sampling(config.sampling)
     n = sampling.num_samples
-    _check_rewards(spec, rewards, common.as_data_config(config.data).task)
+    _check_rewards(spec, rewards, tasks.as_data_config(config.data).task)
     _check_sizes(c, n, s.mesh)
     update_config = c.update_config()
     score_model = Transformer(s.model_config, head="score")
@@ -484,21 +483,21 @@ def initial_state(config: ml_collections.ConfigDict, s: common.Setup, run: Run,
     """(state, frozen params) at the start: state = {policy: TrainState, rng, critic: TrainState
     (GAE), ref (EMA reference), value_stats (value normalisation)}; frozen = {ref (fixed
     reference), orm, prm}. Params come from config.ppo.policy_source / critic_source and
-    config.rewards.orm_source / prm_source (see common.load_params)."""
+    config.rewards.orm_source / prm_source (see params_io.load_params)."""
     keys = jax.random.split(rng, 6)
     models, c = run.models, run.ppo
     policy_source = c.policy_source or config.model.hf_checkpoint
-    policy = common.load_params(models.policy, policy_source, s.mesh, keys[0], s.tokenizer)
+    policy = params_io.load_params(models.policy, policy_source, s.mesh, keys[0], s.tokenizer)
     frozen = {"ref": _copy(policy)}  # a copy: the update donates the policy's buffers
     for name in ("orm", "prm"):
         if getattr(models, name) is not None:
-            frozen[name] = common.load_params(getattr(models, name),
+            frozen[name] = params_io.load_params(getattr(models, name),
                                               getattr(run.rewards, f"{name}_source"), s.mesh,
                                               keys[1], s.tokenizer)
     state = {"policy": create_train_state(policy, make_optimizer(run.policy_optim), keys[2]),
              "rng": replicate(keys[3], s.mesh)}
     if models.critic is not None:
-        critic = common.load_params(models.critic, c.critic_source or policy_source, s.mesh,
+        critic = params_io.load_params(models.critic, c.critic_source or policy_source, s.mesh,
                                     keys[4], s.tokenizer)
         state["critic"] = create_train_state(critic, make_optimizer(run.critic_optim), keys[5])
     if c.reference == "ema":
@@ -513,13 +512,13 @@ def make_step(config: ml_collections.ConfigDict, s: common.Setup, run: Run, froz
     """step_fn(state, step) -> (state, metrics) of common.run_loop: one rollout -> scoring ->
     update iteration on the next prompts of batches[0]; writes rollout samples every
     config.logging.every_steps iterations."""
-    data = common.as_data_config(config.data)
+    data = tasks.as_data_config(config.data)
     sampling = run.sampling
     n, rewards = sampling.num_samples, run.rewards
     sampler = cached_sampler(run.models.policy, common.sampling_config(
         s.tokenizer, data, sampling.temperature, n, sampling.top_k, sampling.top_p,
         sampling.unstack_layers, sampling.prefill_chunk), s.mesh, (prompts.width,))
-    success_fn = ((lambda e, text: common.answer_correct(data, e, text))
+    success_fn = ((lambda e, text: tasks.answer_correct(data, e, text))
                   if data.task in CHECKED_TASKS else None)
     needs_positions = run.models.prm is not None
     update_models = Models(run.models.policy, run.models.critic)
@@ -580,7 +579,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     (WORKDIR/params). Returns the final metrics."""
     s = common.setup(config)
     run = make_run(config, s)
-    data = common.as_data_config(config.data)
+    data = tasks.as_data_config(config.data)
     prompts = Prompts(s.tokenizer, data, prompt_examples(data, "train"), run.ppo.max_prompt_len)
     chunk = run.sampling.prefill_chunk
     if 0 < chunk < prompts.width and prompts.width % chunk:
@@ -615,5 +614,5 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             writer=writer)
     finally:
         writer.close()
-    common.export_params(workdir, state["policy"].params)
+    params_io.export_params(workdir, state["policy"].params)
     return final

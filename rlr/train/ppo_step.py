@@ -28,7 +28,7 @@ from rlr.losses.masked import AGGREGATIONS, aggregate
 from rlr.losses.ppo import (KL_KINDS, RunningMeanStd, entropy_loss, kl_penalty, policy_loss,
                             running_stats_normalize, value_loss)
 from rlr.parallel import batch_sharding
-from rlr.train import common
+from rlr.train import sequences
 from rlr.train.optim import OptimConfig, make_optimizer
 from rlr.train.state import TrainState, apply_gradients
 
@@ -102,18 +102,18 @@ class UpdateConfig:
 # ----------------------------------------------------------------------------- model readers
 
 
-def batch_inputs(batch) -> common.SequenceBatch:
+def batch_inputs(batch) -> sequences.SequenceBatch:
     """The model inputs of anything with prompt_/response_ tokens and masks (a PPOBatch, a
-    sampler Rollout): ``common.sequence_inputs``."""
-    return common.sequence_inputs(batch.prompt_tokens, batch.prompt_mask, batch.response_tokens,
+    sampler Rollout): ``sequences.sequence_inputs``."""
+    return sequences.sequence_inputs(batch.prompt_tokens, batch.prompt_mask, batch.response_tokens,
                                   batch.response_mask)
 
 
-def critic_values(model, params, seq: common.SequenceBatch) -> jax.Array:
+def critic_values(model, params, seq: sequences.SequenceBatch) -> jax.Array:
     """V(s_t) [N, R] float32: a score-head model read at slots P-1 .. P+R-2, the state before
     response token t (the same slots the policy predicts y_t from)."""
     p, r = seq.prompt_length, seq.response_tokens.shape[1]
-    return common.score_sequences(model, params, seq)[:, p - 1:p + r - 1]
+    return sequences.score_sequences(model, params, seq)[:, p - 1:p + r - 1]
 
 
 # ----------------------------------------------------------------------------- objectives
@@ -131,7 +131,7 @@ def policy_objective(params: Any, batch: PPOBatch, model, config: UpdateConfig
     noise) on the first minibatch when old_logp is the teacher-forced computation), kl_loss (when on), loss.
     """
     mask = batch.response_mask
-    logp, entropy = common.response_logprobs_and_entropy(model, params, batch_inputs(batch),
+    logp, entropy = sequences.response_logprobs_and_entropy(model, params, batch_inputs(batch),
                                                          config.logprob_chunk)
     loss, metrics = policy_loss(logp, batch.old_logp, batch.advantages, mask, config.clip_eps,
                                 config.dual_clip, config.aggregation)

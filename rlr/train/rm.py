@@ -52,7 +52,7 @@ from rlr.parallel.memory import MemoryEstimate, estimate_memory
 from rlr.rewards.segment import split_steps
 from rlr.rewards.verifier import extract_answer, normalize_answer
 from rlr.sampling import Sampler
-from rlr.train import common, rm_step
+from rlr.train import common, params_io, rm_step, sequences, tasks
 from rlr.train.label import LABELLED_FILE
 from rlr.train.metrics import MetricsWriter
 from rlr.train.optim import make_optimizer
@@ -148,7 +148,7 @@ def read_dataset(rm: Any, data: Any) -> tuple[list, dict]:
     when > 0): Labelled responses (PRM sets) or Pairs (preference sets), and counts to log."""
     from rlr.data.datasets import load_split
 
-    d = common.as_data_config(data)
+    d = tasks.as_data_config(data)
     if not d.data_dir:
         raise ConfigError(f"config.rm.dataset={rm.dataset!r}: set config.data.data_dir (where "
                           f"load_split prepares it)")
@@ -213,9 +213,9 @@ def segment_labels(response: str, step_labels: Sequence[int], correct: bool) -> 
 
 def _prompts(tokenizer: Tokenizer, data: Any, questions: Sequence[str],
              max_prompt_len: int) -> tuple[np.ndarray, np.ndarray]:
-    d = common.as_data_config(data)
-    texts = [common.prompt_text(tokenizer, q, d.prompt_template) for q in questions]
-    tokens, mask = common.encode_prompts(tokenizer, texts, d.prompt_bucket)
+    d = tasks.as_data_config(data)
+    texts = [sequences.prompt_text(tokenizer, q, d.prompt_template) for q in questions]
+    tokens, mask = sequences.encode_prompts(tokenizer, texts, d.prompt_bucket)
     if max_prompt_len and tokens.shape[1] > max_prompt_len:  # keep each prompt's last tokens
         tokens, mask = tokens[:, -max_prompt_len:], mask[:, -max_prompt_len:]
     return tokens, mask
@@ -227,9 +227,9 @@ def response_rows(tokenizer: Tokenizer, data: Any, questions: Sequence[str],
     question in the prompt format of config.data, left-padded; cut to its last max_prompt_len
     tokens when > 0), response_tokens / response_mask [N, R] (the response + eos, right-padded,
     cut to config.data.max_response_len)."""
-    d = common.as_data_config(data)
+    d = tasks.as_data_config(data)
     prompt_tokens, prompt_mask = _prompts(tokenizer, d, questions, max_prompt_len)
-    response_tokens, response_mask = common.encode_responses(tokenizer, responses, d.response_bucket,
+    response_tokens, response_mask = sequences.encode_responses(tokenizer, responses, d.response_bucket,
                                                              max_len=d.max_response_len)
     return {"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask,
             "response_tokens": response_tokens, "response_mask": response_mask}
@@ -246,10 +246,10 @@ def outcome_rows(tokenizer: Tokenizer, data: Any, records: Sequence[Labelled],
 
 
 def step_positions(tokenizer: Tokenizer, rows: Rows, max_steps: int) -> tuple[Rows, np.ndarray]:
-    """rows plus step_positions [N, K] and step_mask [N, K] (common.step_end_positions of the
+    """rows plus step_positions [N, K] and step_mask [N, K] (sequences.step_end_positions of the
     encoded responses), and the number of line-steps of each encoded response [N] (dropped
     middle steps included, see rlr.rewards.segment.step_arrays)."""
-    positions, mask, dropped = common.step_end_positions(tokenizer, rows["response_tokens"],
+    positions, mask, dropped = sequences.step_end_positions(tokenizer, rows["response_tokens"],
                                                          rows["response_mask"], max_steps,
                                                          STEP_DELIMITER)
     return {**rows, "step_positions": positions, "step_mask": mask}, mask.sum(axis=1) + dropped
@@ -278,9 +278,9 @@ def process_rows(tokenizer: Tokenizer, data: Any, records: Sequence[Labelled], m
 def pair_rows(tokenizer: Tokenizer, data: Any, pairs: Sequence[Pair], max_prompt_len: int = 0) -> Rows:
     """The fields of rlr.train.dpo_step.PairBatch for pairs: prompt_tokens / prompt_mask [N, P],
     chosen_* and rejected_* [N, R] (one R for both), pair_mask [N] (all True)."""
-    d = common.as_data_config(data)
+    d = tasks.as_data_config(data)
     prompt_tokens, prompt_mask = _prompts(tokenizer, d, [p.question for p in pairs], max_prompt_len)
-    tokens, mask = common.encode_responses(tokenizer, [p.chosen for p in pairs] +
+    tokens, mask = sequences.encode_responses(tokenizer, [p.chosen for p in pairs] +
                                            [p.rejected for p in pairs], d.response_bucket,
                                            max_len=d.max_response_len)
     n = len(pairs)
@@ -323,7 +323,7 @@ class RMData(NamedTuple):
 def rm_data(config: ml_collections.ConfigDict, tokenizer: Tokenizer, objective_name: str) -> RMData:
     """Read config.rm's data (data_path or dataset), split it by question (eval_fraction, seed)
     and encode both sides for `objective_name`."""
-    c, data = config.rm, common.as_data_config(config.data)
+    c, data = config.rm, tasks.as_data_config(config.data)
     if bool(c.data_path) == bool(c.dataset):
         raise ConfigError(f"config.rm.data_path={c.data_path!r}, config.rm.dataset={c.dataset!r}: "
                           f"set exactly one (a labelled.jsonl / label run, or a load_split name)")
@@ -483,11 +483,11 @@ def select_best(scores: np.ndarray, correct: np.ndarray,
 
 
 def rerank(scorer: Transformer, scorer_params: Any, tokenizer: Tokenizer, data: Any,
-           examples: Sequence[common.TaskExample], responses: Sequence[Sequence[str]], *, kind: str,
+           examples: Sequence[tasks.TaskExample], responses: Sequence[Sequence[str]], *, kind: str,
            mesh, batch_size: int, prm_aggregate: str = "min", max_steps: int = 16) -> dict:
     """select_best of n responses to each of E problems (responses [E][n]) scored by the reward
-    model (response_rewards), checked with common.answer_correct."""
-    d = common.as_data_config(data)
+    model (response_rewards), checked with tasks.answer_correct."""
+    d = tasks.as_data_config(data)
     n = len(responses[0]) if responses else 0
     if len(responses) != len(examples) or any(len(rs) != n for rs in responses):
         raise ValueError(f"rerank: expected {len(examples)} lists of n responses, one a problem")
@@ -495,24 +495,24 @@ def rerank(scorer: Transformer, scorer_params: Any, tokenizer: Tokenizer, data: 
     scores = response_rewards(scorer, scorer_params, tokenizer, d, questions,
                               [r for rs in responses for r in rs], kind=kind, mesh=mesh,
                               batch_size=batch_size, max_steps=max_steps, prm_aggregate=prm_aggregate)
-    correct = np.array([[common.answer_correct(d, e, r) for r in rs]
+    correct = np.array([[tasks.answer_correct(d, e, r) for r in rs]
                         for e, rs in zip(examples, responses)], bool)
     answers = [[answer_key(r) for r in rs] for rs in responses]
     return select_best(scores.reshape(len(examples), n), correct, answers)
 
 
 def best_of_n(policy: Transformer, policy_params: Any, scorer: Transformer, scorer_params: Any,
-              tokenizer: Tokenizer, data: Any, examples: Sequence[common.TaskExample], *, n: int,
+              tokenizer: Tokenizer, data: Any, examples: Sequence[tasks.TaskExample], *, n: int,
               kind: str, rng: jax.Array, mesh, batch_size: int, temperature: float = 1.0,
               prm_aggregate: str = "min", max_steps: int = 16) -> dict:
     """Best-of-N reranking with a reward model (Cobbe et al. 2021; Lightman et al. 2023): the
     policy samples n responses a problem (temperature; batch_size prompts a call), the reward
     model scores each (ORM verdict, or PRM min / product of step scores) and rerank reports the
     accuracy of the top-scored response against the first sample, the majority vote and pass@n."""
-    d = common.as_data_config(data)
+    d = tasks.as_data_config(data)
     sampler = Sampler(policy, common.sampling_config(tokenizer, d, temperature=temperature,
                                                      num_samples=n), mesh)
-    prompts = [common.prompt_text(tokenizer, e.question, d.prompt_template) for e in examples]
+    prompts = [sequences.prompt_text(tokenizer, e.question, d.prompt_template) for e in examples]
     responses = common.generate_texts(sampler, policy_params, tokenizer, prompts, rng, batch_size,
                                       d.prompt_bucket)
     return rerank(scorer, scorer_params, tokenizer, d, examples, responses, kind=kind, mesh=mesh,
@@ -544,9 +544,9 @@ def _best_of_n_eval(config: ml_collections.ConfigDict, s: common.Setup, scorer: 
     c = config.rm
     policy = Transformer(s.model_config)
     load_rng, sample_rng = jax.random.split(rng)
-    params = common.load_params(policy, c.policy_source or c.init_source or config.model.hf_checkpoint,
+    params = params_io.load_params(policy, c.policy_source or c.init_source or config.model.hf_checkpoint,
                                 s.mesh, load_rng, s.tokenizer)
-    examples = common.task_examples(config.data, "eval", limit=config.eval.num_problems)
+    examples = tasks.task_examples(config.data, "eval", limit=config.eval.num_problems)
     return best_of_n(policy, params, scorer, scorer_params, s.tokenizer, config.data, examples,
                      n=c.best_of_n, kind=c.kind, rng=sample_rng, mesh=s.mesh,
                      batch_size=config.eval.batch_size, temperature=c.best_of_n_temperature,
@@ -558,8 +558,8 @@ def memory_estimate(s: common.Setup, batch_size: int, objective_name: str, rows:
     """rlr.parallel.memory's bytes a device of a step of the score-head model on `batch_size`
     rows of `rows`' width (Bradley-Terry: two sequences a pair, chosen and rejected)."""
     responses = rows["chosen_tokens" if objective_name == "bradley_terry" else "response_tokens"]
-    sequences = batch_size * (2 if objective_name == "bradley_terry" else 1)
-    return estimate_memory(s.model_config, s.mesh, sequences,
+    num_sequences = batch_size * (2 if objective_name == "bradley_terry" else 1)
+    return estimate_memory(s.model_config, s.mesh, num_sequences,
                            rows["prompt_tokens"].shape[1] + responses.shape[1],
                            optimizer=optimizer, head="score")
 
@@ -574,7 +574,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_batch_size(c.batch_size, s.mesh, "rm.batch_size")
     model = Transformer(s.model_config, head="score")
     init_rng, state_rng, bon_rng = jax.random.split(s.rng, 3)
-    params = common.load_params(model, c.init_source or config.model.hf_checkpoint, s.mesh,
+    params = params_io.load_params(model, c.init_source or config.model.hf_checkpoint, s.mesh,
                                 init_rng, s.tokenizer)
     data = rm_data(config, s.tokenizer, name)
     if _num_rows(data.train) < c.batch_size:
@@ -607,7 +607,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             eval_fn=make_evaluate(config, s, model, name, data.eval),
             eval_every=config.eval.every_steps, writer=writer,
             progress_keys=("loss", "accuracy", "step_accuracy"))
-        common.export_params(workdir, state.params)
+        params_io.export_params(workdir, state.params)
         if c.best_of_n > 0 and config.eval.num_problems > 0:
             bon = {f"eval/{k}": v for k, v in
                    _best_of_n_eval(config, s, model, state.params, bon_rng).items()}

@@ -12,7 +12,7 @@ A batch is a dict of arrays, by objective (OBJECTIVES):
   prompt_tokens, prompt_mask [B, P]; chosen_tokens, chosen_mask, rejected_tokens,
   rejected_mask [B, R]; pair_mask [B] bool. Each response's verdict is read as for the ORM.
 - "process_bce" (PRM, Lightman et al. 2023): the prompt and response fields; step_positions [B, K]
-  int32 (response token that ends each step, rlr.train.common.step_end_positions); step_labels
+  int32 (response token that ends each step, rlr.train.sequences.step_end_positions); step_labels
   [B, K] float (1 = the step is correct); step_mask [B, K] bool (labelled steps of valid rows).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import optax
 
 from rlr.losses.reward_model import bradley_terry_loss, outcome_bce_loss, process_bce_loss
 from rlr.models import Transformer
-from rlr.train import common
+from rlr.train import sequences
 from rlr.train.dpo_step import PairBatch, pair_sequences
 from rlr.train.state import TrainState, apply_gradients
 
@@ -34,28 +34,28 @@ Batch = Mapping[str, jax.Array]
 
 def response_token_scores(model: Transformer, params: Any, batch: Batch) -> jax.Array:
     """The score head at every response token, float32 [B, R] (entry r has seen x and y_<=r)."""
-    seq = common.sequence_inputs(batch["prompt_tokens"], batch["prompt_mask"],
+    seq = sequences.sequence_inputs(batch["prompt_tokens"], batch["prompt_mask"],
                                  batch["response_tokens"], batch["response_mask"])
-    return common.response_scores(model, params, seq)
+    return sequences.response_scores(model, params, seq)
 
 
 def outcome_verdicts(model: Transformer, params: Any, batch: Batch) -> jax.Array:
     """ORM verdict logits [B]: the response score at each row's last valid token."""
-    return common.outcome_scores(response_token_scores(model, params, batch), batch["response_mask"])
+    return sequences.outcome_scores(response_token_scores(model, params, batch), batch["response_mask"])
 
 
 def pair_verdicts(model: Transformer, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:
     """(chosen, rejected) verdict logits [B] of B pairs, both responses of a pair scored in one
     [2B, P + R] model batch (rlr.train.dpo_step.pair_sequences)."""
     seq = pair_sequences(PairBatch(**{k: batch[k] for k in PairBatch._fields}))
-    verdicts = common.outcome_scores(common.response_scores(model, params, seq), seq.response_mask)
+    verdicts = sequences.outcome_scores(sequences.response_scores(model, params, seq), seq.response_mask)
     verdicts = verdicts.reshape(-1, 2)
     return verdicts[:, 0], verdicts[:, 1]
 
 
 def process_step_scores(model: Transformer, params: Any, batch: Batch) -> jax.Array:
     """PRM step logits [B, K]: the response score at each step's end token (mask the padding)."""
-    return common.step_scores(response_token_scores(model, params, batch), batch["step_positions"])
+    return sequences.step_scores(response_token_scores(model, params, batch), batch["step_positions"])
 
 
 def outcome_loss(params: Any, model: Transformer, batch: Batch):

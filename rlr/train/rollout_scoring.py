@@ -5,7 +5,7 @@ Two halves, run once per PPO iteration:
 - host (numpy, after decoding): ``host_scores`` decodes the responses, checks them (the
   synthetic task's final_answer_correct, or the math verifier), counts their steps and, when a
   process reward model is used, finds the token that ends each step
-  (``common.step_end_positions``, steps split at "\\n");
+  (``sequences.step_end_positions``, steps split at "\\n");
 - device (one jitted function, ``score_rollout``): teacher-forced log-probs of the policy and
   the reference, the per-token KL, the ORM score at the last response token, the PRM step
   scores (sigmoid of the score head at step ends), the shaped per-token reward
@@ -36,7 +36,7 @@ from rlr.losses.ppo import (KL_KINDS, RunningMeanStd, broadcast_to_tokens, expla
 from rlr.rewards.segment import split_steps
 from rlr.rewards.shaping import RewardSpec, shape_rewards
 from rlr.sampling import Rollout
-from rlr.train import common
+from rlr.train import sequences
 from rlr.train.ppo_step import PPOBatch, batch_inputs, critic_values
 
 ADVANTAGES = ("gae", "grpo", "rloo")
@@ -98,12 +98,12 @@ def host_scores(tokenizer: Tokenizer, response_tokens: np.ndarray, response_mask
         raise ValueError(f"host_scores: {len(references)} references for {tokens.shape[0]} rows")
     invalid = mask & ((tokens < 0) | (tokens >= tokenizer.vocab_size))
     tokens = np.where(invalid, tokenizer.pad_id, tokens)
-    texts = common.decode_responses(tokenizer, tokens, mask)
+    texts = sequences.decode_responses(tokenizer, tokens, mask)
     success = np.zeros(len(texts), np.float32)
     if success_fn is not None:
         success[:] = [float(success_fn(ref, text)) for ref, text in zip(references, texts)]
     if step_positions:
-        positions, step_mask, dropped = common.step_end_positions(tokenizer, tokens, mask,
+        positions, step_mask, dropped = sequences.step_end_positions(tokenizer, tokens, mask,
                                                                   max_steps, delimiter)
     else:
         positions = np.zeros((len(texts), max_steps), np.int32)
@@ -132,7 +132,7 @@ class ScoringConfig:
     orm_sigmoid / prm_sigmoid: squash the score head's logit with a sigmoid (a BCE-trained
     ORM / PRM) or use it raw (a Bradley-Terry reward model). logprob_chunk: log-prob time chunk.
     row_slices: the model forwards (log-probs, values, ORM / PRM scores) run on this many
-    slices of the rows in turn (common.map_row_slices): 1 keeps every row in one pass.
+    slices of the rows in turn (sequences.map_row_slices): 1 keeps every row in one pass.
     """
 
     advantage: str = "gae"
@@ -229,10 +229,10 @@ def score_rollout(params: dict, rollout: Rollout, host: HostScores,
 
     def forward(fn: Callable[[Any], jax.Array]) -> jax.Array:
         """fn(seq), a model's forward, on config.row_slices slices of the rows in turn."""
-        return common.map_row_slices(fn, seq, config.row_slices)
+        return sequences.map_row_slices(fn, seq, config.row_slices)
 
     def logprobs(policy_params: Any) -> jax.Array:
-        return forward(lambda s: common.response_logprobs(policy_model, policy_params, s,
+        return forward(lambda s: sequences.response_logprobs(policy_model, policy_params, s,
                                                           config.logprob_chunk))
 
     if config.recompute_logprobs:
@@ -246,12 +246,12 @@ def score_rollout(params: dict, rollout: Rollout, host: HostScores,
 
     orm = prm = None
     if models.orm is not None:
-        scores = forward(lambda s: common.response_scores(models.orm, params["orm"], s))
-        orm = _squash(common.outcome_scores(scores, mask), config.orm_sigmoid)
+        scores = forward(lambda s: sequences.response_scores(models.orm, params["orm"], s))
+        orm = _squash(sequences.outcome_scores(scores, mask), config.orm_sigmoid)
         metrics["orm/score_mean"] = jnp.mean(orm)
     if models.prm is not None:
-        scores = forward(lambda s: common.response_scores(models.prm, params["prm"], s))
-        prm = _squash(common.step_scores(scores, host.step_positions), config.prm_sigmoid)
+        scores = forward(lambda s: sequences.response_scores(models.prm, params["prm"], s))
+        prm = _squash(sequences.step_scores(scores, host.step_positions), config.prm_sigmoid)
         prm = jnp.where(host.step_mask, prm, 0.0)
         metrics["prm/score_mean"] = masked_mean(prm, host.step_mask)
     rewards, reward_metrics = shape_rewards(

@@ -2,12 +2,12 @@
 
     rlr --config experiments/sft.py --workdir runs/sft
 
-Data: the problems of config.data.task (rlr.train.common.task_examples), prompt = the question
+Data: the problems of config.data.task (rlr.train.tasks.task_examples), prompt = the question
 in the tokenizer's chat format, response = the reference solution + eos; optionally packed
 into rows of config.sft.pack_length tokens. Every config.eval.every_steps updates: held-out
 loss and greedy accuracy on config.eval.num_problems held-out problems (samples to
 samples.jsonl). At the end the params are exported (WORKDIR/params) for the next stage:
-reward models and PPO / DPO load them with rlr.train.common.load_params.
+reward models and PPO / DPO load them with rlr.train.params_io.load_params.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from rlr.models import Transformer
 from rlr.parallel import BATCH_AXES, process_rows, shard_batch
 from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler
-from rlr.train import common, sft_step
+from rlr.train import common, params_io, sequences, sft_step, tasks
 from rlr.train.metrics import MetricsWriter
 from rlr.train.optim import make_optimizer
 from rlr.train.state import create_train_state
@@ -33,23 +33,23 @@ from rlr.train.state import create_train_state
 Rows = dict[str, np.ndarray]  # [N, T] arrays: tokens, positions, attention_mask, loss_mask(, segment_ids)
 
 
-def sft_rows(tokenizer: Tokenizer, examples: Sequence[common.TaskExample], data: Any,
+def sft_rows(tokenizer: Tokenizer, examples: Sequence[tasks.TaskExample], data: Any,
              pack_length: int = 0) -> Rows:
     """Training rows of prompt / response pairs: left-padded prompts then right-padded responses
     (concat_prompt_response; loss on the response tokens, eos included, cut to
     data.max_response_len), or with pack_length > 0 the valid tokens of each pair packed into
     rows of pack_length tokens (pack_sequences: segment_ids, positions restarting)."""
-    d = common.as_data_config(data)
-    prompts = [common.prompt_text(tokenizer, e.question, d.prompt_template) for e in examples]
-    prompt_tokens, prompt_mask = common.encode_prompts(tokenizer, prompts, d.prompt_bucket)
-    response_tokens, response_mask = common.encode_responses(
+    d = tasks.as_data_config(data)
+    prompts = [sequences.prompt_text(tokenizer, e.question, d.prompt_template) for e in examples]
+    prompt_tokens, prompt_mask = sequences.encode_prompts(tokenizer, prompts, d.prompt_bucket)
+    response_tokens, response_mask = sequences.encode_responses(
         tokenizer, [e.solution for e in examples], d.response_bucket, max_len=d.max_response_len)
     rows = concat_prompt_response(prompt_tokens, prompt_mask, response_tokens, response_mask)
     if not pack_length:
         return rows
-    sequences = [{"tokens": t[m], "loss_mask": l[m]}
-                 for t, m, l in zip(rows["tokens"], rows["attention_mask"], rows["loss_mask"])]
-    return pack_sequences(sequences, pack_length, tokenizer.pad_id)
+    unpacked = [{"tokens": t[m], "loss_mask": l[m]}
+                for t, m, l in zip(rows["tokens"], rows["attention_mask"], rows["loss_mask"])]
+    return pack_sequences(unpacked, pack_length, tokenizer.pad_id)
 
 
 def _take(rows: Rows) -> Callable[[list], Rows]:
@@ -99,10 +99,10 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
     num = config.eval.num_problems
     if num == 0:
         return None
-    data = common.as_data_config(config.data)
+    data = tasks.as_data_config(config.data)
     batch_size = config.eval.batch_size
     check_batch_size(batch_size, s.mesh, "eval.batch_size")
-    examples = common.task_examples(data, "eval", limit=num)
+    examples = tasks.task_examples(data, "eval", limit=num)
     mine = process_rows(batch_size, s.mesh)  # the rows of each batch this process feeds
     batches = [{k: v[mine] for k, v in batch.items()}
                for batch in _eval_batches(sft_rows(s.tokenizer, examples, data), batch_size)]
@@ -122,7 +122,7 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
                                                    examples, rng, batch_size)
         writer.write_samples(step, [
             {"prompt": e.question, "response": r, "reference": e.answer,
-             "correct": common.answer_correct(data, e, r)}
+             "correct": tasks.answer_correct(data, e, r)}
             for e, r in list(zip(examples, responses))[:config.logging.num_samples]])
         loss = totals / max(tokens, 1.0)
         lengths = [len(s.tokenizer.encode(r)) for r in responses]
@@ -137,15 +137,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     its newest checkpoint; exports the final params. Returns the final metrics."""
     s = common.setup(config)
     c = config.sft
-    data = common.as_data_config(config.data)
+    data = tasks.as_data_config(config.data)
     check_batch_size(c.batch_size, s.mesh, "sft.batch_size")
     model = Transformer(s.model_config)
     init_rng, state_rng, eval_rng = jax.random.split(s.rng, 3)
-    params = common.load_params(model, c.init_source or config.model.hf_checkpoint, s.mesh,
+    params = params_io.load_params(model, c.init_source or config.model.hf_checkpoint, s.mesh,
                                 init_rng, s.tokenizer)
     optimizer = make_optimizer(config.optim)
     state = create_train_state(params, optimizer, state_rng)
-    rows = sft_rows(s.tokenizer, common.task_examples(data, "train"), data, c.pack_length)
+    rows = sft_rows(s.tokenizer, tasks.task_examples(data, "train"), data, c.pack_length)
     batches = [batch_iterator(rows, c.batch_size, config.seed)]  # replaced on restore
     common.log_memory_estimate("sft", estimate_memory(
         s.model_config, s.mesh, c.batch_size, rows["tokens"].shape[1], optimizer=optimizer,
@@ -172,5 +172,5 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             eval_every=config.eval.every_steps, progress_keys=("loss", "grad_norm"), writer=writer)
     finally:
         writer.close()
-    common.export_params(workdir, state.params)
+    params_io.export_params(workdir, state.params)
     return final

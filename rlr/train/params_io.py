@@ -1,0 +1,157 @@
+"""Params between stages: a run exports its params (export_params), the next stage loads them
+(load_params) from that export, a Hugging Face checkpoint or a random init, sharded on its mesh."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from rlr.data.tokenizer import Tokenizer
+from rlr.models import Transformer
+from rlr.parallel import init_model_params, param_shardings
+from rlr.train.checkpoint import CheckpointError
+
+PARAMS_DIR, PARAMS_INFO = "params", "params_info.json"  # what export_params writes in a workdir
+
+
+def _flat_shapes(tree: Any) -> dict[str, list[int]]:
+    return {"/".join(k): list(v.shape) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def _head_of(params: Any) -> str:
+    return "score" if "score_head" in params else "lm"
+
+
+def export_params(workdir: str, params: Any) -> str:
+    """Write `params` to WORKDIR/params (orbax) and WORKDIR/params_info.json (head and shapes):
+    what `load_params(model, WORKDIR, ...)` of the next stage reads. Every process calls it
+    (the save is collective). Returns the params directory."""
+    import orbax.checkpoint as ocp
+
+    workdir = os.path.abspath(workdir)
+    path = os.path.join(workdir, PARAMS_DIR)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(path, params, force=True)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    if jax.process_index() == 0:
+        info = {"head": _head_of(params), "shapes": _flat_shapes(params)}
+        with open(os.path.join(workdir, PARAMS_INFO), "w") as f:
+            json.dump(info, f, indent=1)
+    return path
+
+
+def _read_params_info(source: str) -> dict:
+    file = os.path.join(source, PARAMS_INFO)
+    try:
+        with open(file) as f:
+            info = json.load(f)
+        if info.get("head") not in ("lm", "score") or not isinstance(info.get("shapes"), dict):
+            raise ValueError("expected keys 'head' (lm | score) and 'shapes'")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: cannot read the params export ({e})") from None
+    return info
+
+
+def _abstract(model: Transformer, mesh) -> Any:
+    """ShapeDtypeStruct params of `model` carrying their shardings on `mesh`."""
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    shapes = jax.eval_shape(lambda: nn.meta.unbox(
+        model.init(jax.random.key(0), tokens, tokens, jnp.ones((1, 8), bool))["params"]))
+    shardings = param_shardings(model, mesh)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, shardings)
+
+
+def _fresh_score_head(model: Transformer, mesh, rng: jax.Array) -> dict:
+    """A new score head (kernel ~ N(0, 0.02^2) as the decoder initialises it, bias 0), sharded."""
+    target = _abstract(model, mesh)["score_head"]
+    kernel = 0.02 * jax.random.normal(rng, target["kernel"].shape, jnp.float32)
+    return {"kernel": jax.device_put(kernel.astype(target["kernel"].dtype), target["kernel"].sharding),
+            "bias": jax.device_put(jnp.zeros(target["bias"].shape, target["bias"].dtype),
+                                   target["bias"].sharding)}
+
+
+def _load_export(model: Transformer, source: str, mesh, rng: jax.Array) -> Any:
+    """Params of `model` from the export of an rlr run (see export_params)."""
+    import orbax.checkpoint as ocp
+
+    info = _read_params_info(source)
+    exported = Transformer(model.config, head=info["head"])
+    if info["head"] == "score" and model.head == "lm":
+        raise CheckpointError(f"{source}: exported a score-head model; a policy (head 'lm') cannot "
+                              f"be loaded from it")
+    target = _abstract(exported, mesh)
+    expected = _flat_shapes(target)
+    if expected != info["shapes"]:
+        diff = sorted(k for k in set(expected) | set(info["shapes"])
+                      if expected.get(k) != info["shapes"].get(k))
+        raise CheckpointError(f"{source}: exported params do not fit config.model (first difference "
+                              f"at {diff[0]}: export {info['shapes'].get(diff[0])}, model "
+                              f"{expected.get(diff[0])})")
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        params = checkpointer.restore(os.path.join(source, PARAMS_DIR), target)
+    except Exception as e:  # orbax raises many kinds; the user needs the path and the cause
+        first = (str(e).strip().splitlines() or ["no message"])[0]
+        raise CheckpointError(f"{os.path.join(source, PARAMS_DIR)}: cannot restore params "
+                              f"({type(e).__name__}: {first})") from e
+    finally:
+        checkpointer.close()
+    if info["head"] == "lm" and model.head == "score":
+        params = {k: v for k, v in params.items() if k != "lm_head"}
+        params["score_head"] = _fresh_score_head(model, mesh, rng)
+    return params
+
+
+def load_params(model: Transformer, source: Optional[str], mesh: jax.sharding.Mesh, rng: jax.Array,
+                tokenizer: Optional[Tokenizer] = None) -> Any:
+    """Sharded params of `model` from `source`:
+    - None or "": a random init (rlr.parallel.init_model_params with `rng`);
+    - an rlr run directory (holding params_info.json): the params it exported with
+      export_params, restored into the target shardings. An "lm" export loaded into a
+      "score" model keeps the decoder (embedding, layers, final norm), drops lm_head and
+      initialises a fresh score head from `rng` (a critic / reward model initialised from the
+      SFT policy); "score" into "score" keeps everything;
+    - a Hugging Face checkpoint directory (holding config.json): hf_io.load_hf_checkpoint
+      (its shape must match model.config).
+    `tokenizer`, when given, must fit the vocabulary. Errors name the source.
+    """
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"load_params: the tokenizer has {tokenizer.vocab_size} ids, more than the "
+                         f"model's vocab_size={model.config.vocab_size}")
+    if not source:
+        return init_model_params(model, rng, mesh)
+    source = os.path.abspath(source)
+    if not os.path.isdir(source):
+        raise CheckpointError(f"{source}: no such directory (expected the workdir of an earlier rlr "
+                              f"run, holding {PARAMS_INFO}, or a Hugging Face checkpoint directory)")
+    if os.path.isfile(os.path.join(source, PARAMS_INFO)):
+        return _load_export(model, source, mesh, rng)
+    run_folder = any(os.path.exists(os.path.join(source, name))  # what `rlr` writes first
+                     for name in ("checkpoints", "config.txt"))
+    if os.path.isfile(os.path.join(source, "config.json")) and not run_folder:
+        return _load_hf(model, source, mesh, rng)
+    raise CheckpointError(f"{source}: holds neither {PARAMS_INFO} (an rlr run's export: did that "
+                          f"run finish?) nor a Hugging Face config.json")
+
+
+def _load_hf(model: Transformer, source: str, mesh, rng: jax.Array) -> Any:
+    from rlr.models.hf_io import load_hf_checkpoint
+
+    c = model.config
+    overrides = dict(param_dtype=c.param_dtype, dtype=c.dtype, remat=c.remat, attention=c.attention)
+    config, params = load_hf_checkpoint(source, mesh, config_overrides=overrides, head=model.head,
+                                        rng=rng)
+    shape = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+             "num_kv_heads", "head_dim", "tie_embeddings", "qkv_bias")
+    for field in shape:
+        if getattr(config, field) != getattr(c, field):
+            raise CheckpointError(f"{source}/config.json: {field}={getattr(config, field)}, but the "
+                                  f"model has {field}={getattr(c, field)} (config.model)")
+    return params
