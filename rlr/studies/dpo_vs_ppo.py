@@ -251,7 +251,7 @@ def coverage(config, sets: Sequence[PreferenceSet], run_dirs: dict[str, str],
             groups += [2 * i + kind] * len(texts)
     pt, pm = sequences.encode_prompts(s.tokenizer, prompts, data.prompt_bucket)
     rt, rmask = sequences.encode_responses(s.tokenizer, responses, data.response_bucket,
-                                        max_len=data.max_response_len)
+                                           max_len=data.max_response_len)
 
     @jax.jit
     def sequence_logps(params, prompt_tokens, prompt_mask, response_tokens, response_mask):

@@ -348,7 +348,7 @@ def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[Pair], data: Any, max_pro
     if not pairs:
         raise ValueError("encode_pairs: no pairs")
     prompt_tokens, prompt_mask = sequences.encode_prompts(tokenizer, [p.prompt for p in pairs],
-                                                       d.prompt_bucket)
+                                                          d.prompt_bucket)
     if max_prompt_len and prompt_tokens.shape[1] > max_prompt_len:
         cut = int(np.sum(prompt_mask[:, :-max_prompt_len].any(axis=1)))
         if cut:
@@ -363,8 +363,8 @@ def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[Pair], data: Any, max_pro
         prompt_tokens = np.pad(prompt_tokens, ((0, 0), (extra, 0)), constant_values=tokenizer.pad_id)
         prompt_mask = np.pad(prompt_mask, ((0, 0), (extra, 0)))
     tokens, mask = sequences.encode_responses(tokenizer, [p.chosen for p in pairs] + [p.rejected for p in pairs],
-                                           d.response_bucket, max_len=d.max_response_len,
-                                           length=response_length)
+                                              d.response_bucket, max_len=d.max_response_len,
+                                              length=response_length)
     n = len(pairs)
     return {"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask,
             "chosen_tokens": tokens[:n], "chosen_mask": mask[:n],
@@ -434,7 +434,7 @@ def rm_scores(s: common.Setup, rm_model: Transformer, rm_params: Any, data: Any,
             return [[] for _ in responses]
         pt, pm = sequences.encode_prompts(s.tokenizer, flat_prompts, d.prompt_bucket, length=prompt_length)
         rt, rmask = sequences.encode_responses(s.tokenizer, flat, d.response_bucket,
-                                            max_len=d.max_response_len, length=response_length)
+                                               max_len=d.max_response_len, length=response_length)
         out = []
         with common.model_context(s.mesh):
             for index, kept in common.global_batches(len(flat), rows_per_call, s.mesh):
@@ -551,7 +551,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = Transformer(s.model_config)
     init_rng, state_rng, sample_rng, eval_rng, rm_rng = jax.random.split(s.rng, 5)
     params = params_io.load_params(model, c.policy_source or config.model.hf_checkpoint, s.mesh,
-                                init_rng, s.tokenizer)
+                                   init_rng, s.tokenizer)
     # A copy: the train step donates the policy's buffers.
     reference = jax.tree.map(jnp.copy, params) if pref.uses_reference else None
     optimizer = make_optimizer(config.optim)

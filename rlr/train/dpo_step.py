@@ -88,9 +88,9 @@ def pair_sequences(batch: PairBatch) -> sequences.SequenceBatch:
         return jnp.stack([a, b], axis=1).reshape((-1,) + a.shape[1:])
 
     return sequences.sequence_inputs(interleave(batch.prompt_tokens, batch.prompt_tokens),
-                                  interleave(batch.prompt_mask, batch.prompt_mask),
-                                  interleave(batch.chosen_tokens, batch.rejected_tokens),
-                                  interleave(batch.chosen_mask, batch.rejected_mask))
+                                     interleave(batch.prompt_mask, batch.prompt_mask),
+                                     interleave(batch.chosen_tokens, batch.rejected_tokens),
+                                     interleave(batch.chosen_mask, batch.rejected_mask))
 
 
 class PairLogps(NamedTuple):

@@ -492,13 +492,13 @@ def initial_state(config: ml_collections.ConfigDict, s: common.Setup, run: Run,
     for name in ("orm", "prm"):
         if getattr(models, name) is not None:
             frozen[name] = params_io.load_params(getattr(models, name),
-                                              getattr(run.rewards, f"{name}_source"), s.mesh,
-                                              keys[1], s.tokenizer)
+                                                 getattr(run.rewards, f"{name}_source"), s.mesh,
+                                                 keys[1], s.tokenizer)
     state = {"policy": create_train_state(policy, make_optimizer(run.policy_optim), keys[2]),
              "rng": replicate(keys[3], s.mesh)}
     if models.critic is not None:
         critic = params_io.load_params(models.critic, c.critic_source or policy_source, s.mesh,
-                                    keys[4], s.tokenizer)
+                                       keys[4], s.tokenizer)
         state["critic"] = create_train_state(critic, make_optimizer(run.critic_optim), keys[5])
     if c.reference == "ema":
         state["ref"] = frozen.pop("ref")

@@ -106,7 +106,7 @@ def batch_inputs(batch) -> sequences.SequenceBatch:
     """The model inputs of anything with prompt_/response_ tokens and masks (a PPOBatch, a
     sampler Rollout): ``sequences.sequence_inputs``."""
     return sequences.sequence_inputs(batch.prompt_tokens, batch.prompt_mask, batch.response_tokens,
-                                  batch.response_mask)
+                                     batch.response_mask)
 
 
 def critic_values(model, params, seq: sequences.SequenceBatch) -> jax.Array:
@@ -132,7 +132,7 @@ def policy_objective(params: Any, batch: PPOBatch, model, config: UpdateConfig
     """
     mask = batch.response_mask
     logp, entropy = sequences.response_logprobs_and_entropy(model, params, batch_inputs(batch),
-                                                         config.logprob_chunk)
+                                                            config.logprob_chunk)
     loss, metrics = policy_loss(logp, batch.old_logp, batch.advantages, mask, config.clip_eps,
                                 config.dual_clip, config.aggregation)
     ent_loss, ent_metrics = entropy_loss(entropy, mask, config.aggregation)

@@ -230,7 +230,7 @@ def response_rows(tokenizer: Tokenizer, data: Any, questions: Sequence[str],
     d = tasks.as_data_config(data)
     prompt_tokens, prompt_mask = _prompts(tokenizer, d, questions, max_prompt_len)
     response_tokens, response_mask = sequences.encode_responses(tokenizer, responses, d.response_bucket,
-                                                             max_len=d.max_response_len)
+                                                                max_len=d.max_response_len)
     return {"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask,
             "response_tokens": response_tokens, "response_mask": response_mask}
 
@@ -250,8 +250,8 @@ def step_positions(tokenizer: Tokenizer, rows: Rows, max_steps: int) -> tuple[Ro
     encoded responses), and the number of line-steps of each encoded response [N] (dropped
     middle steps included, see rlr.rewards.segment.step_arrays)."""
     positions, mask, dropped = sequences.step_end_positions(tokenizer, rows["response_tokens"],
-                                                         rows["response_mask"], max_steps,
-                                                         STEP_DELIMITER)
+                                                            rows["response_mask"], max_steps,
+                                                            STEP_DELIMITER)
     return {**rows, "step_positions": positions, "step_mask": mask}, mask.sum(axis=1) + dropped
 
 
@@ -281,8 +281,8 @@ def pair_rows(tokenizer: Tokenizer, data: Any, pairs: Sequence[Pair], max_prompt
     d = tasks.as_data_config(data)
     prompt_tokens, prompt_mask = _prompts(tokenizer, d, [p.question for p in pairs], max_prompt_len)
     tokens, mask = sequences.encode_responses(tokenizer, [p.chosen for p in pairs] +
-                                           [p.rejected for p in pairs], d.response_bucket,
-                                           max_len=d.max_response_len)
+                                              [p.rejected for p in pairs], d.response_bucket,
+                                              max_len=d.max_response_len)
     n = len(pairs)
     return {"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask,
             "chosen_tokens": tokens[:n], "chosen_mask": mask[:n],
@@ -545,7 +545,7 @@ def _best_of_n_eval(config: ml_collections.ConfigDict, s: common.Setup, scorer: 
     policy = Transformer(s.model_config)
     load_rng, sample_rng = jax.random.split(rng)
     params = params_io.load_params(policy, c.policy_source or c.init_source or config.model.hf_checkpoint,
-                                s.mesh, load_rng, s.tokenizer)
+                                   s.mesh, load_rng, s.tokenizer)
     examples = tasks.task_examples(config.data, "eval", limit=config.eval.num_problems)
     return best_of_n(policy, params, scorer, scorer_params, s.tokenizer, config.data, examples,
                      n=c.best_of_n, kind=c.kind, rng=sample_rng, mesh=s.mesh,
@@ -575,7 +575,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = Transformer(s.model_config, head="score")
     init_rng, state_rng, bon_rng = jax.random.split(s.rng, 3)
     params = params_io.load_params(model, c.init_source or config.model.hf_checkpoint, s.mesh,
-                                init_rng, s.tokenizer)
+                                   init_rng, s.tokenizer)
     data = rm_data(config, s.tokenizer, name)
     if _num_rows(data.train) < c.batch_size:
         raise ConfigError(f"config.rm.batch_size={c.batch_size}: more than the "

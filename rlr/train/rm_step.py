@@ -35,7 +35,7 @@ Batch = Mapping[str, jax.Array]
 def response_token_scores(model: Transformer, params: Any, batch: Batch) -> jax.Array:
     """The score head at every response token, float32 [B, R] (entry r has seen x and y_<=r)."""
     seq = sequences.sequence_inputs(batch["prompt_tokens"], batch["prompt_mask"],
-                                 batch["response_tokens"], batch["response_mask"])
+                                    batch["response_tokens"], batch["response_mask"])
     return sequences.response_scores(model, params, seq)
 
 

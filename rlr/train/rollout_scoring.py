@@ -104,7 +104,7 @@ def host_scores(tokenizer: Tokenizer, response_tokens: np.ndarray, response_mask
         success[:] = [float(success_fn(ref, text)) for ref, text in zip(references, texts)]
     if step_positions:
         positions, step_mask, dropped = sequences.step_end_positions(tokenizer, tokens, mask,
-                                                                  max_steps, delimiter)
+                                                                     max_steps, delimiter)
     else:
         positions = np.zeros((len(texts), max_steps), np.int32)
         step_mask = np.zeros((len(texts), max_steps), bool)
@@ -233,7 +233,7 @@ def score_rollout(params: dict, rollout: Rollout, host: HostScores,
 
     def logprobs(policy_params: Any) -> jax.Array:
         return forward(lambda s: sequences.response_logprobs(policy_model, policy_params, s,
-                                                          config.logprob_chunk))
+                                                             config.logprob_chunk))
 
     if config.recompute_logprobs:
         old_logp = jnp.where(mask, logprobs(params["policy"]), 0.0)

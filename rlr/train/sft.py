@@ -142,7 +142,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = Transformer(s.model_config)
     init_rng, state_rng, eval_rng = jax.random.split(s.rng, 3)
     params = params_io.load_params(model, c.init_source or config.model.hf_checkpoint, s.mesh,
-                                init_rng, s.tokenizer)
+                                   init_rng, s.tokenizer)
     optimizer = make_optimizer(config.optim)
     state = create_train_state(params, optimizer, state_rng)
     rows = sft_rows(s.tokenizer, tasks.task_examples(data, "train"), data, c.pack_length)
