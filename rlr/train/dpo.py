@@ -32,9 +32,10 @@ The reference model is the initial policy (config.dpo.policy_source); its log-pr
 once per batch without gradient inside the jitted step (rlr/train/dpo_step.py). Metrics every
 update: loss, rewards/{chosen, rejected, margin, accuracy}, logps/*, grad_norm (and round/* for
 sampled pairs); every config.eval.every_steps: eval/pair_{loss, accuracy, margin, chosen, rejected}
-on the held-out pairs (implicit rewards against the initial policy), eval/accuracy
-(greedy, on config.eval.num_problems held-out problems) and eval/response_length. Resumes from WORKDIR's newest checkpoint (policy, reference
-when refreshed, data position, round); exports the final policy (WORKDIR/params).
+on the held-out pairs (implicit rewards against the initial policy), eval/accuracy (greedy, on
+config.eval.num_problems held-out problems) and eval/response_length. Resumes from WORKDIR's
+newest checkpoint (policy, reference when refreshed, data position, round); exports the final
+policy (WORKDIR/params).
 """
 from __future__ import annotations
 
