@@ -20,7 +20,7 @@ from rlr.data.builders._io import DataFormatError
 from rlr.data.tokenizer import CharTokenizer
 from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler
-from rlr.train import dpo, dpo_step, params_io, sequences, tasks
+from rlr.train import dpo, dpo_step, label, params_io, sequences, tasks
 from rlr.train.metrics import read_jsonl
 from hf_fixtures import make_hf_model, save_hf_model
 
@@ -83,8 +83,8 @@ def test_labelled_pairs_are_correct_over_incorrect_and_held_out_by_question(tmp_
             ("2+2", "d", True), ("2+2", "e", True),  # no incorrect response: no pair
             ("3+3", "f", False), ("3+3", "g", True)]
     _write_labelled(tmp_path / "labelled.jsonl", rows)
-    records = dpo.read_labelled(str(tmp_path))  # a run directory works as well as the file
-    assert records[0] == dpo.LabelledResponse("1+1", "a", True) and len(records) == 8
+    records = label.read_labelled(str(tmp_path))
+    assert records[0] == label.Labelled("1+1", "a", True, (1,)) and len(records) == 8
     grouped = dpo.labelled_pairs(records, TOKENIZER, tasks.DataConfig(), per_prompt=5, seed=0)
     assert sorted(grouped) == ["1+1", "3+3"]
     assert sorted(grouped["1+1"]) == [dpo.Pair("1+1\n", "a", "b"), dpo.Pair("1+1\n", "a", "c")]

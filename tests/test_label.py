@@ -9,6 +9,7 @@ import pytest
 
 from rlr.config import ConfigError, load_config
 from rlr.data import synthetic
+from rlr.data.builders._io import DataFormatError
 from rlr.models import Transformer
 from rlr.train import common, label, params_io, tasks
 from rlr.train.metrics import read_jsonl
@@ -126,6 +127,31 @@ def test_label_run_writes_every_response_labelled(label_run):
     assert len({r["response"] for r in records}) > 10  # sampled, not one answer
     assert stats == {**label.label_stats(records, 2), "num_references": 20}
     assert read_jsonl(f"{workdir}/metrics.jsonl")[-1]["num_responses"] == 20
+    assert label.read_labelled(workdir) == [  # what the reward-model and DPO stages read back
+        label.Labelled(r["question"], r["response"], r["correct"], tuple(r["step_labels"]))
+        for r in records + references]
+
+
+def test_read_labelled_fields_and_errors(tmp_path):
+    path = tmp_path / "labelled.jsonl"
+    path.write_text(json.dumps({"question": "1+1", "response": "a", "correct": True,
+                                "step_labels": [1, 0], "answer": "2"}) + "\n\n"
+                    + json.dumps({"question": "2+2", "response": "b", "correct": 0}) + "\n")
+    assert label.read_labelled(str(path)) == [label.Labelled("1+1", "a", True, (1, 0)),
+                                              label.Labelled("2+2", "b", False, ())]
+    for bad, key in [({"question": "1+1", "correct": True}, "'response'"),
+                     ({"question": "1+1", "response": "a", "correct": "yes"}, "'correct'"),
+                     ({"question": "1+1", "response": "a", "correct": True, "step_labels": [2]},
+                      "'step_labels'")]:
+        path.write_text(json.dumps({"question": "q", "response": "r", "correct": True}) + "\n"
+                        + json.dumps(bad) + "\n")
+        with pytest.raises(DataFormatError, match=f"labelled.jsonl, line 2: .*{key}"):
+            label.read_labelled(str(path))
+    path.write_text("\n")
+    with pytest.raises(DataFormatError, match="no labelled responses"):
+        label.read_labelled(str(tmp_path))
+    with pytest.raises(ConfigError, match="config.rm.data_path=.*missing.*no such file"):
+        label.read_labelled(str(tmp_path / "missing"), "rm.data_path")
 
 
 def test_stopped_label_run_resumes_to_the_same_file(label_run, alphabet_policy, tmp_path):

@@ -19,7 +19,7 @@ from rlr.data.tokenizer import CharTokenizer
 from rlr.models import Transformer
 from rlr.parallel import shard_batch
 from rlr.parallel.memory import activation_bytes, param_bytes
-from rlr.train import common, params_io, rm, rm_step, tasks
+from rlr.train import common, label, params_io, rm, rm_step, tasks
 from rlr.train.metrics import read_jsonl
 from rlr.train.optim import make_optimizer
 
@@ -212,7 +212,8 @@ def test_segment_labels():
 def test_process_rows_label_the_kept_steps_at_their_end_tokens():
     tokenizer, data = CharTokenizer(), tasks.DataConfig()
     response = "1+1=2\n2+1=3\nanswer: 3"  # lines end at characters 5, 11 and 20
-    records = [rm.Labelled("(1+1)+1", response, True, (0, 1)), rm.Labelled("1+1", "answer: 3", False, ())]
+    records = [label.Labelled("(1+1)+1", response, True, (0, 1)),
+               label.Labelled("1+1", "answer: 3", False, ())]
     rows = rm.process_rows(tokenizer, data, records, max_steps=2)
     # Three lines, two kept (the first and the last): labels [0, 1, correct] -> [0, correct].
     # The second response is its (wrong) answer line alone.
@@ -222,10 +223,10 @@ def test_process_rows_label_the_kept_steps_at_their_end_tokens():
 
 
 def test_outcome_pairs_use_every_response():
-    records = [rm.Labelled("q1", "r1", True, ()), rm.Labelled("q1", "w1", False, ()),
-               rm.Labelled("q1", "w2", False, ()), rm.Labelled("q2", "r2", True, ()),
-               rm.Labelled("q3", "r3", True, ()), rm.Labelled("q3", "r4", True, ()),
-               rm.Labelled("q3", "w3", False, ())]
+    records = [label.Labelled("q1", "r1", True, ()), label.Labelled("q1", "w1", False, ()),
+               label.Labelled("q1", "w2", False, ()), label.Labelled("q2", "r2", True, ()),
+               label.Labelled("q3", "r3", True, ()), label.Labelled("q3", "r4", True, ()),
+               label.Labelled("q3", "w3", False, ())]
     assert rm.outcome_pairs(records) == [rm.Pair("q1", "r1", "w1"), rm.Pair("q1", "r1", "w2"),
                                          rm.Pair("q3", "r3", "w3"), rm.Pair("q3", "r4", "w3")]
 
@@ -266,12 +267,9 @@ def test_data_and_config_errors(labelled, tmp_path):
     config = rm_config("prm", str(outcome_only))
     with pytest.raises(ConfigError, match="no step labels"):
         rm.rm_data(config, tokenizer, "process_bce")
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(outcome_only.read_text() + '{"question": "1+1"}\n')
-    with pytest.raises(ValueError, match="bad.jsonl:2"):
-        rm.read_labelled(str(bad))
-    with pytest.raises(ConfigError, match="no such file"):
-        rm.read_labelled(str(tmp_path / "missing"))
+    config.rm.data_path = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="config.rm.data_path=.*no such file"):
+        rm.rm_data(config, tokenizer, "process_bce")
     config.rm.kind = "xrm"
     with pytest.raises(ConfigError, match="config.rm.kind"):
         rm.objective(config.rm)

@@ -199,7 +199,7 @@ class PreferenceSet(NamedTuple):
 def preference_sets(label_dir: str, limit: int) -> list[PreferenceSet]:
     """The first `limit` questions (file order) of a label run's labelled.jsonl that have both a
     correct and an incorrect response (the questions that give preference pairs)."""
-    from rlr.train.dpo import read_labelled
+    from rlr.train.label import read_labelled
 
     grouped: dict[str, tuple[dict, dict]] = collections.OrderedDict()
     for r in read_labelled(label_dir):

@@ -63,7 +63,7 @@ from rlr.models import Transformer
 from rlr.parallel import gather_rows, process_rows, shard_batch
 from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler, bucket_length as sampler_bucket
-from rlr.train import common, dpo_step, params_io, sequences, tasks
+from rlr.train import common, dpo_step, label, params_io, sequences, tasks
 from rlr.train.metrics import MetricsWriter
 from rlr.train.optim import make_optimizer
 from rlr.train.sft import check_batch_size
@@ -74,7 +74,6 @@ log = logging.getLogger(__name__)
 PAIR_SOURCES = ("corrupt", "labelled", "hh_rlhf", "preference_pairs", "sampled")
 # The rlr.data.synthetic.corrupt modes that leave a wrong step (needless_step leaves none).
 FLAWED_MODES = ("wrong_result", "wrong_operator", "wrong_operand", "skipped_step")
-LABELLED_FILE = "labelled.jsonl"  # what the label stage (rlr/train/label.py) writes in its workdir
 PAIRS_DIR = "pairs"  # WORKDIR/pairs/round_<r>.jsonl: the pairs of each sampled round
 
 
@@ -210,35 +209,7 @@ def corrupt_pairs(problems: Sequence[synthetic.Problem], tokenizer: Tokenizer, d
     return pairs
 
 
-class LabelledResponse(NamedTuple):
-    """A response of the label stage: its question, its text and whether its answer is right."""
-
-    question: str
-    response: str
-    correct: bool
-
-
-def labelled_file(path: str) -> str:
-    """The labelled.jsonl of config.dpo.data_path (the file, or a label run directory)."""
-    file = os.path.join(path, LABELLED_FILE) if os.path.isdir(path) else path
-    if not os.path.isfile(file):
-        raise ConfigError(f"config.dpo.data_path={path!r}: no such file {file!r} (expected a "
-                          f"{LABELLED_FILE} or the workdir of a label run)")
-    return file
-
-
-def _parse_labelled(record: dict) -> LabelledResponse:
-    return LabelledResponse(get_field(record, "question", str), get_field(record, "response", str),
-                            bool(get_field(record, "correct", (bool, int))))
-
-
-def read_labelled(path: str) -> list[LabelledResponse]:
-    """The responses of a labelled.jsonl (one JSON object a line with question, response, correct;
-    other keys are ignored). A malformed line raises DataFormatError naming the file and line."""
-    return [record for _, record in parse_jsonl(pathlib.Path(labelled_file(path)), _parse_labelled)]
-
-
-def labelled_pairs(records: Sequence[LabelledResponse], tokenizer: Tokenizer, data: Any,
+def labelled_pairs(records: Sequence[label.Labelled], tokenizer: Tokenizer, data: Any,
                    per_prompt: int, seed: int) -> dict[str, list[Pair]]:
     """Pairs of labelled responses, grouped by question (in file order): for each question up to
     `per_prompt` of its (correct, incorrect) combinations, drawn at random without repeats;
@@ -507,8 +478,8 @@ def _offline_pairs(config: ml_collections.ConfigDict, c: DPOConfig, tokenizer: T
                              c.corruptions, 1, config.seed + 1)[:c.eval_pairs]
         return train, held
     if c.pairs == "labelled":
-        grouped = labelled_pairs(read_labelled(c.data_path), tokenizer, data, c.pairs_per_prompt,
-                                 config.seed)
+        records = label.read_labelled(c.data_path, "dpo.data_path")
+        grouped = labelled_pairs(records, tokenizer, data, c.pairs_per_prompt, config.seed)
         return hold_out(grouped, c.eval_pairs, config.seed)
     train = dataset_pairs(c.pairs, data.train_split, data, c.data_path, c.dataset_config)
     held = dataset_pairs(c.pairs, data.eval_split, data, c.data_path, c.dataset_config,

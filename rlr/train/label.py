@@ -28,14 +28,18 @@ Responses are written a batch of problems at a time to labelled.jsonl.partial, s
 continues where it stopped (and a finished one is not sampled again); the corrupted references
 are added and the file renamed to labelled.jsonl when every problem is done.
 Returns (and writes to metrics.jsonl) the label statistics of the policy's samples.
+
+read_labelled reads the file back for the later stages (reward models, DPO on labelled pairs,
+the DPO-vs-PPO study).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import pathlib
 import random
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import ml_collections
@@ -45,6 +49,7 @@ import numpy as np
 from rlr.config import ConfigError
 from rlr.data import synthetic
 from rlr.data.batching import bucket_length
+from rlr.data.builders._io import DataFormatError, RecordError, get_field, parse_jsonl
 from rlr.models import Transformer
 from rlr.rewards.segment import split_steps
 from rlr.sampling import Sampler
@@ -56,6 +61,48 @@ log = logging.getLogger(__name__)
 
 LABELLED_FILE = "labelled.jsonl"  # what a label run writes in its workdir (rlr.train.rm reads it)
 FIELDS = ("question", "response", "answer", "correct", "step_labels", "num_steps")
+
+
+class Labelled(NamedTuple):
+    """A labelled response as the later stages read it: its question, its text, correct (the
+    final answer is right) and step_labels (0/1 for the lines before the answer line; () when
+    only the outcome is labelled)."""
+
+    question: str
+    response: str
+    correct: bool
+    step_labels: tuple[int, ...] = ()
+
+
+def labelled_file(path: str, key: Optional[str] = None) -> str:
+    """The labelled.jsonl that `path` names: the file, or LABELLED_FILE in a label run's workdir.
+    `key` (e.g. "rm.data_path"), the config key that gave `path`, is named in the error."""
+    file = os.path.join(path, LABELLED_FILE) if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        given = f"config.{key}={path!r}" if key else repr(path)
+        raise ConfigError(f"{given}: no such file {file!r} (expected a {LABELLED_FILE} or the "
+                          f"workdir of a label run)")
+    return file
+
+
+def _parse_labelled(record: dict) -> Labelled:
+    step_labels = get_field(record, "step_labels", list) if "step_labels" in record else []
+    if any(type(x) is not int or x not in (0, 1) for x in step_labels):
+        raise RecordError(f"key 'step_labels': expected a list of 0 / 1, got {step_labels!r}")
+    return Labelled(get_field(record, "question", str), get_field(record, "response", str),
+                    bool(get_field(record, "correct", (bool, int))), tuple(step_labels))
+
+
+def read_labelled(path: str, key: Optional[str] = None) -> list[Labelled]:
+    """The records of a labelled.jsonl (labelled_file(path, key)), in file order: one JSON object
+    a line with question, response, correct and, optionally, step_labels; other keys (FIELDS) are
+    ignored. A malformed line raises DataFormatError naming the file and line, and so does a
+    file without records."""
+    file = labelled_file(path, key)
+    records = [record for _, record in parse_jsonl(pathlib.Path(file), _parse_labelled)]
+    if not records:
+        raise DataFormatError(f"{file}: no labelled responses")
+    return records
 
 
 def label_response(data: Any, example: tasks.TaskExample, response: str) -> dict:

@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import logging
-import os
 from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
@@ -53,7 +51,7 @@ from rlr.rewards.segment import split_steps
 from rlr.rewards.verifier import extract_answer, normalize_answer
 from rlr.sampling import Sampler
 from rlr.train import common, params_io, rm_step, sequences, tasks
-from rlr.train.label import LABELLED_FILE
+from rlr.train.label import Labelled, read_labelled
 from rlr.train.metrics import MetricsWriter
 from rlr.train.optim import make_optimizer
 from rlr.train.sft import check_batch_size
@@ -88,47 +86,12 @@ def objective(rm: Any) -> str:
 # ----------------------------------------------------------------------------- records
 
 
-class Labelled(NamedTuple):
-    """A response to a question with its labels: correct (final answer) and step_labels (0/1
-    for the lines before the answer line; () when only the outcome is labelled)."""
-
-    question: str
-    response: str
-    correct: bool
-    step_labels: tuple[int, ...]
-
-
 class Pair(NamedTuple):
     """Two responses to a question, the first preferred."""
 
     question: str
     chosen: str
     rejected: str
-
-
-def read_labelled(path: str) -> list[Labelled]:
-    """The records of a labelled.jsonl (rlr/train/label.py), or of WORKDIR/labelled.jsonl when
-    `path` is a label run's directory. Errors name the file and line."""
-    if os.path.isdir(path):
-        path = os.path.join(path, LABELLED_FILE)
-    if not os.path.isfile(path):
-        raise ConfigError(f"config.rm.data_path: {path}: no such file (expected a labelled.jsonl or "
-                          f"the workdir of a finished label run)")
-    records = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                records.append(Labelled(str(r["question"]), str(r["response"]), bool(r["correct"]),
-                                        tuple(int(x) for x in r["step_labels"])))
-            except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{number}: expected a JSON object with question, response, "
-                                 f"correct and step_labels ({type(e).__name__}: {e})") from None
-    if not records:
-        raise ValueError(f"{path}: no labelled responses")
-    return records
 
 
 def _process_record(record: dict) -> tuple[Labelled, int]:
@@ -336,7 +299,7 @@ def rm_data(config: ml_collections.ConfigDict, tokenizer: Tokenizer, objective_n
                               f"objective, but config.rm.kind / orm_loss ask for {objective_name}")
         records, stats = read_dataset(c, data)
     else:
-        records = read_labelled(c.data_path)
+        records = read_labelled(c.data_path, "rm.data_path")
         if objective_name == "process_bce" and not any(r.step_labels for r in records):
             raise ConfigError(f"config.rm.data_path={c.data_path!r}: no step labels (a label run of a "
                               f"real task labels outcomes only); a PRM needs config.rm.dataset")
