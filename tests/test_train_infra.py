@@ -8,6 +8,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding
@@ -221,9 +222,27 @@ def test_load_params_from_an_unfinished_run_names_the_run(mesh, tmp_path):
     run.mkdir()
     (run / "config.json").write_text('{"trainer": "sft"}')
     (run / "config.txt").write_text("trainer: sft")
-    with pytest.raises(CheckpointError, match=r"run: holds neither params_info.json .*did that run "
-                                              r"finish"):
-        params_io.load_params(Transformer(get_config("tiny")), str(run), mesh, jax.random.key(0))
+    with pytest.raises(CheckpointError, match=r"^config.sft.init_source='.*run': .*run: holds "
+                                              r"neither params_info.json .*did that run finish"):
+        params_io.load_params(Transformer(get_config("tiny")), str(run), mesh, jax.random.key(0),
+                              key="sft.init_source")
+
+
+def test_params_source_is_the_first_key_set_and_errors_name_it(mesh):
+    from rlr.train import params_io
+
+    config = ml_collections.ConfigDict({"ppo": {"critic_source": "", "policy_source": "runs/sft"},
+                                        "model": {"hf_checkpoint": "hf/qwen"}})
+    keys = ("ppo.critic_source", "ppo.policy_source", "model.hf_checkpoint")
+    assert params_io.config_source(config, *keys) == ("runs/sft", "ppo.policy_source")
+    config.ppo.policy_source = ""
+    assert params_io.config_source(config, *keys) == ("hf/qwen", "model.hf_checkpoint")
+    config.model.hf_checkpoint = ""
+    assert params_io.config_source(config, *keys) == ("", "ppo.critic_source")  # a random init
+    with pytest.raises(CheckpointError, match=r"^config.ppo.policy_source='runs/nowhere': "
+                                              r"/.*/runs/nowhere: no such directory"):
+        params_io.load_params(Transformer(get_config("tiny")), "runs/nowhere", mesh,
+                              jax.random.key(0), key="ppo.policy_source")
 
 
 def test_sigterm_sets_the_stop_flag():

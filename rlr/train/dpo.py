@@ -522,8 +522,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     model = Transformer(s.model_config)
     init_rng, state_rng, sample_rng, eval_rng, rm_rng = jax.random.split(s.rng, 5)
-    params = params_io.load_params(model, c.policy_source or config.model.hf_checkpoint, s.mesh,
-                                   init_rng, s.tokenizer)
+    source, key = params_io.config_source(config, "dpo.policy_source", "model.hf_checkpoint")
+    params = params_io.load_params(model, source, s.mesh, init_rng, s.tokenizer, key=key)
     # A copy: the train step donates the policy's buffers.
     reference = jax.tree.map(jnp.copy, params) if pref.uses_reference else None
     optimizer = make_optimizer(config.optim)
@@ -619,7 +619,8 @@ def _sampled_rounds(config: ml_collections.ConfigDict, c: DPOConfig, s: common.S
                                                     prefill_chunk=c.prefill_chunk), s.mesh)
     if c.rm_source:
         rm_model = Transformer(s.model_config, head="score")
-        rm_params = params_io.load_params(rm_model, c.rm_source, s.mesh, rm_rng, s.tokenizer)
+        rm_params = params_io.load_params(rm_model, c.rm_source, s.mesh, rm_rng, s.tokenizer,
+                                          key="dpo.rm_source")
         score_fn = rm_scores(s, rm_model, rm_params, data, prompt_length, response_length,
                              c.sample_batch_size * c.num_samples)
     else:

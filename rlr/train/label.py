@@ -187,8 +187,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_batch_size(c.batch_size, s.mesh, "label.batch_size")
     model = Transformer(s.model_config)
     init_rng, sample_rng = jax.random.split(s.rng)
-    params = params_io.load_params(model, c.policy_source or config.model.hf_checkpoint, s.mesh,
-                                   init_rng, s.tokenizer)
+    source, key = params_io.config_source(config, "label.policy_source", "model.hf_checkpoint")
+    params = params_io.load_params(model, source, s.mesh, init_rng, s.tokenizer, key=key)
     examples = tasks.task_examples(data, "train", limit=c.num_problems)
     prompts = [sequences.prompt_text(s.tokenizer, e.question, data.prompt_template) for e in examples]
     longest = sequences.encode_prompts(s.tokenizer, prompts, 1)[0].shape[1]

@@ -109,8 +109,21 @@ def _load_export(model: Transformer, source: str, mesh, rng: jax.Array) -> Any:
     return params
 
 
+def config_source(config: Any, *keys: str) -> tuple[str, str]:
+    """(source, key) of a stage's params: the value of the first of the dotted config `keys`
+    that is set (e.g. "dpo.policy_source", "model.hf_checkpoint") and that key; ("", keys[0])
+    when none is (a random init). The key goes to load_params, which names it in its errors."""
+    for key in keys:
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        if value:
+            return value, key
+    return "", keys[0]
+
+
 def load_params(model: Transformer, source: Optional[str], mesh: jax.sharding.Mesh, rng: jax.Array,
-                tokenizer: Optional[Tokenizer] = None) -> Any:
+                tokenizer: Optional[Tokenizer] = None, key: Optional[str] = None) -> Any:
     """Sharded params of `model` from `source`:
     - None or "": a random init (rlr.parallel.init_model_params with `rng`);
     - an rlr run directory (holding params_info.json): the params it exported with
@@ -120,25 +133,27 @@ def load_params(model: Transformer, source: Optional[str], mesh: jax.sharding.Me
       SFT policy); "score" into "score" keeps everything;
     - a Hugging Face checkpoint directory (holding config.json): hf_io.load_hf_checkpoint
       (its shape must match model.config).
-    `tokenizer`, when given, must fit the vocabulary. Errors name the source.
+    `tokenizer`, when given, must fit the vocabulary. Errors name the source, and the config
+    `key` that gave it when given (config_source).
     """
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(f"load_params: the tokenizer has {tokenizer.vocab_size} ids, more than the "
                          f"model's vocab_size={model.config.vocab_size}")
     if not source:
         return init_model_params(model, rng, mesh)
+    given = f"config.{key}={source!r}: " if key else ""
     source = os.path.abspath(source)
     if not os.path.isdir(source):
-        raise CheckpointError(f"{source}: no such directory (expected the workdir of an earlier rlr "
-                              f"run, holding {PARAMS_INFO}, or a Hugging Face checkpoint directory)")
+        raise CheckpointError(f"{given}{source}: no such directory (expected the workdir of an earlier "
+                              f"rlr run, holding {PARAMS_INFO}, or a Hugging Face checkpoint directory)")
     if os.path.isfile(os.path.join(source, PARAMS_INFO)):
         return _load_export(model, source, mesh, rng)
     run_folder = any(os.path.exists(os.path.join(source, name))  # what `rlr` writes first
                      for name in ("checkpoints", "config.txt"))
     if os.path.isfile(os.path.join(source, "config.json")) and not run_folder:
         return _load_hf(model, source, mesh, rng)
-    raise CheckpointError(f"{source}: holds neither {PARAMS_INFO} (an rlr run's export: did that "
-                          f"run finish?) nor a Hugging Face config.json")
+    raise CheckpointError(f"{given}{source}: holds neither {PARAMS_INFO} (an rlr run's export: did "
+                          f"that run finish?) nor a Hugging Face config.json")
 
 
 def _load_hf(model: Transformer, source: str, mesh, rng: jax.Array) -> Any:

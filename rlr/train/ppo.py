@@ -486,19 +486,20 @@ def initial_state(config: ml_collections.ConfigDict, s: common.Setup, run: Run,
     config.rewards.orm_source / prm_source (see params_io.load_params)."""
     keys = jax.random.split(rng, 6)
     models, c = run.models, run.ppo
-    policy_source = c.policy_source or config.model.hf_checkpoint
-    policy = params_io.load_params(models.policy, policy_source, s.mesh, keys[0], s.tokenizer)
+    source, key = params_io.config_source(config, "ppo.policy_source", "model.hf_checkpoint")
+    policy = params_io.load_params(models.policy, source, s.mesh, keys[0], s.tokenizer, key=key)
     frozen = {"ref": _copy(policy)}  # a copy: the update donates the policy's buffers
     for name in ("orm", "prm"):
         if getattr(models, name) is not None:
-            frozen[name] = params_io.load_params(getattr(models, name),
-                                                 getattr(run.rewards, f"{name}_source"), s.mesh,
-                                                 keys[1], s.tokenizer)
+            source, key = params_io.config_source(config, f"rewards.{name}_source")
+            frozen[name] = params_io.load_params(getattr(models, name), source, s.mesh, keys[1],
+                                                 s.tokenizer, key=key)
     state = {"policy": create_train_state(policy, make_optimizer(run.policy_optim), keys[2]),
              "rng": replicate(keys[3], s.mesh)}
     if models.critic is not None:
-        critic = params_io.load_params(models.critic, c.critic_source or policy_source, s.mesh,
-                                       keys[4], s.tokenizer)
+        source, key = params_io.config_source(config, "ppo.critic_source", "ppo.policy_source",
+                                              "model.hf_checkpoint")
+        critic = params_io.load_params(models.critic, source, s.mesh, keys[4], s.tokenizer, key=key)
         state["critic"] = create_train_state(critic, make_optimizer(run.critic_optim), keys[5])
     if c.reference == "ema":
         state["ref"] = frozen.pop("ref")

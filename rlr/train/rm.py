@@ -507,8 +507,9 @@ def _best_of_n_eval(config: ml_collections.ConfigDict, s: common.Setup, scorer: 
     c = config.rm
     policy = Transformer(s.model_config)
     load_rng, sample_rng = jax.random.split(rng)
-    params = params_io.load_params(policy, c.policy_source or c.init_source or config.model.hf_checkpoint,
-                                   s.mesh, load_rng, s.tokenizer)
+    source, key = params_io.config_source(config, "rm.policy_source", "rm.init_source",
+                                          "model.hf_checkpoint")
+    params = params_io.load_params(policy, source, s.mesh, load_rng, s.tokenizer, key=key)
     examples = tasks.task_examples(config.data, "eval", limit=config.eval.num_problems)
     return best_of_n(policy, params, scorer, scorer_params, s.tokenizer, config.data, examples,
                      n=c.best_of_n, kind=c.kind, rng=sample_rng, mesh=s.mesh,
@@ -537,8 +538,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_batch_size(c.batch_size, s.mesh, "rm.batch_size")
     model = Transformer(s.model_config, head="score")
     init_rng, state_rng, bon_rng = jax.random.split(s.rng, 3)
-    params = params_io.load_params(model, c.init_source or config.model.hf_checkpoint, s.mesh,
-                                   init_rng, s.tokenizer)
+    source, key = params_io.config_source(config, "rm.init_source", "model.hf_checkpoint")
+    params = params_io.load_params(model, source, s.mesh, init_rng, s.tokenizer, key=key)
     data = rm_data(config, s.tokenizer, name)
     if _num_rows(data.train) < c.batch_size:
         raise ConfigError(f"config.rm.batch_size={c.batch_size}: more than the "

@@ -141,8 +141,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_batch_size(c.batch_size, s.mesh, "sft.batch_size")
     model = Transformer(s.model_config)
     init_rng, state_rng, eval_rng = jax.random.split(s.rng, 3)
-    params = params_io.load_params(model, c.init_source or config.model.hf_checkpoint, s.mesh,
-                                   init_rng, s.tokenizer)
+    source, key = params_io.config_source(config, "sft.init_source", "model.hf_checkpoint")
+    params = params_io.load_params(model, source, s.mesh, init_rng, s.tokenizer, key=key)
     optimizer = make_optimizer(config.optim)
     state = create_train_state(params, optimizer, state_rng)
     rows = sft_rows(s.tokenizer, tasks.task_examples(data, "train"), data, c.pack_length)
