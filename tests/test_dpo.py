@@ -20,7 +20,7 @@ from rlr.data.builders._io import DataFormatError
 from rlr.data.tokenizer import CharTokenizer
 from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler
-from rlr.train import dpo, dpo_step, label, params_io, sequences, tasks
+from rlr.train import dpo, dpo_step, label, params_io, preferences, sequences, tasks
 from rlr.train.metrics import read_jsonl
 from hf_fixtures import make_hf_model, save_hf_model
 
@@ -62,13 +62,13 @@ def _config(experiment, policy_dir, **dpo_changes):
 def test_corrupt_pairs_prefer_the_reference_solution():
     data = tasks.DataConfig(num_train=8)
     problems = tasks.synthetic_problems(data, "train")
-    pairs = dpo.corrupt_pairs(problems, TOKENIZER, data, dpo.FLAWED_MODES, 2, seed=0)
+    pairs = preferences.corrupt_pairs(problems, TOKENIZER, data, preferences.FLAWED_MODES, 2, seed=0)
     assert len(pairs) == 2 * len(problems)  # two distinct flaws of every problem
     for problem, pair in zip(np.repeat(problems, 2), pairs):
         assert pair.prompt == problem.question + "\n" and pair.chosen == problem.solution
         assert synthetic.final_answer_correct(problem.question, pair.chosen)
         assert synthetic.check_steps(problem.question, pair.rejected).first_wrong is not None
-    assert pairs == dpo.corrupt_pairs(problems, TOKENIZER, data, dpo.FLAWED_MODES, 2, seed=0)
+    assert pairs == preferences.corrupt_pairs(problems, TOKENIZER, data, preferences.FLAWED_MODES, 2, seed=0)
 
 
 def _write_labelled(path, rows):
@@ -85,13 +85,13 @@ def test_labelled_pairs_are_correct_over_incorrect_and_held_out_by_question(tmp_
     _write_labelled(tmp_path / "labelled.jsonl", rows)
     records = label.read_labelled(str(tmp_path))
     assert records[0] == label.Labelled("1+1", "a", True, (1,)) and len(records) == 8
-    grouped = dpo.labelled_pairs(records, TOKENIZER, tasks.DataConfig(), per_prompt=5, seed=0)
+    grouped = preferences.labelled_pairs(records, TOKENIZER, tasks.DataConfig(), per_prompt=5, seed=0)
     assert sorted(grouped) == ["1+1", "3+3"]
-    assert sorted(grouped["1+1"]) == [dpo.Pair("1+1\n", "a", "b"), dpo.Pair("1+1\n", "a", "c")]
-    assert grouped["3+3"] == [dpo.Pair("3+3\n", "g", "f")]
-    one = dpo.labelled_pairs(records, TOKENIZER, tasks.DataConfig(), per_prompt=1, seed=0)
+    assert sorted(grouped["1+1"]) == [preferences.Pair("1+1\n", "a", "b"), preferences.Pair("1+1\n", "a", "c")]
+    assert grouped["3+3"] == [preferences.Pair("3+3\n", "g", "f")]
+    one = preferences.labelled_pairs(records, TOKENIZER, tasks.DataConfig(), per_prompt=1, seed=0)
     assert len(one["1+1"]) == 1
-    train, held = dpo.hold_out(grouped, num_eval=1, seed=0)
+    train, held = preferences.hold_out(grouped, num_eval=1, seed=0)
     assert len(train) + len(held) == 3 and held
     assert not {p.prompt for p in train} & {p.prompt for p in held}
 
@@ -114,8 +114,8 @@ def test_corrupt_labelled_file_is_a_one_line_error_naming_it(tmp_path, policy_di
 def test_best_worst_pairs_hand_example():
     responses = [["r0", "r1", "r2"], ["s0", "s1", "s2"], ["t0", "t1", "t2"]]
     scores = [[0.0, 2.0, -1.0], [1.0, 1.0, 1.0], [0.0, 1.0, 1.0]]
-    pairs = dpo.best_worst_pairs(["p", "q", "r"], responses, scores, seed=0)
-    assert pairs[0] == dpo.Pair("p", "r1", "r2")  # best over worst
+    pairs = preferences.best_worst_pairs(["p", "q", "r"], responses, scores, seed=0)
+    assert pairs[0] == preferences.Pair("p", "r1", "r2")  # best over worst
     assert len(pairs) == 2 and pairs[1].prompt == "r"  # "q": all alike, no pair
     assert pairs[1].rejected == "t0" and pairs[1].chosen in ("t1", "t2")  # a tie broken at random
 
@@ -123,24 +123,31 @@ def test_best_worst_pairs_hand_example():
 def test_best_worst_pairs_reference_where_no_response_is_correct():
     responses = [["r0", "r1"], ["s0", "s1"], ["t0", "t1"]]
     scores = [[0.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
-    pairs = dpo.best_worst_pairs(["p", "q", "r"], responses, scores, seed=0, references=["P", "Q", "R"])
-    assert pairs[0] == dpo.Pair("p", "r1", "r0")  # a correct sample: the usual pair
+    pairs = preferences.best_worst_pairs(["p", "q", "r"], responses, scores, seed=0, references=["P", "Q", "R"])
+    assert pairs[0] == preferences.Pair("p", "r1", "r0")  # a correct sample: the usual pair
     assert pairs[1].prompt == "q" and pairs[1].chosen == "Q" and pairs[1].rejected in ("s0", "s1")
     assert len(pairs) == 2  # "r": all correct, no pair
 
 
-def test_encode_pairs_shapes_and_prompt_cut():
-    pairs = [dpo.Pair("1+2\n", "1+2=3\nanswer: 3", "answer: 4"), dpo.Pair("12*3+4\n", "x", "yz")]
+def test_encode_pairs_shapes_and_prompt_cut(caplog):
+    pairs = [preferences.Pair("1+2\n", "1+2=3\nanswer: 3", "answer: 4"),
+             preferences.Pair("12*3+4\n", "x", "yz")]
     data = tasks.DataConfig(prompt_bucket=4, response_bucket=8)
-    rows = dpo.encode_pairs(TOKENIZER, pairs, data)
+    rows = preferences.encode_pairs(TOKENIZER, pairs, data)
     assert rows["prompt_tokens"].shape == (2, 8)  # bos + 7 characters
     assert rows["chosen_tokens"].shape == rows["rejected_tokens"].shape == (2, 16)
     np.testing.assert_array_equal(rows["chosen_mask"].sum(1), [16, 2])  # text + eos
     np.testing.assert_array_equal(rows["rejected_mask"].sum(1), [10, 3])
     assert TOKENIZER.decode(rows["rejected_tokens"][1][rows["rejected_mask"][1]]) == "yz"
-    cut = dpo.encode_pairs(TOKENIZER, pairs, data, max_prompt_len=4, prompt_length=8)
+    with caplog.at_level(logging.WARNING, logger="rlr.train.sequences"):
+        cut = preferences.encode_pairs(TOKENIZER, pairs, data, max_prompt_len=5, prompt_length=8,
+                                       max_prompt_key="config.dpo.max_prompt_len")
+    # bos + "1+2\n" fills the 5 slots; bos + "12*3+4\n" (8 tokens) keeps its last 5
+    assert caplog.messages == ["1 of 2 prompts are longer than config.dpo.max_prompt_len=5 tokens; "
+                               "they keep their last 5"]
     assert cut["prompt_tokens"].shape == (2, 8)
-    assert TOKENIZER.decode(cut["prompt_tokens"][1][cut["prompt_mask"][1]]) == "3+4\n"  # its last 4
+    assert TOKENIZER.decode(cut["prompt_tokens"][0][cut["prompt_mask"][0]]) == "1+2\n"
+    assert TOKENIZER.decode(cut["prompt_tokens"][1][cut["prompt_mask"][1]]) == "*3+4\n"
     assert rows["pair_mask"].all()
 
 
@@ -182,10 +189,10 @@ def test_rounds_resume_mid_round_from_the_round_file(tmp_path):
 
     def make_round(r, params):
         made.append(r)
-        return [dpo.Pair(f"{r}-{i}\n", "1", "2" * (i + 1)) for i in range(3)], {"round/pairs": 3.0}
+        return [preferences.Pair(f"{r}-{i}\n", "1", "2" * (i + 1)) for i in range(3)], {"round/pairs": 3.0}
 
     def encode(pairs):
-        return dpo.encode_pairs(TOKENIZER, pairs, tasks.DataConfig(prompt_bucket=4, response_bucket=4))
+        return preferences.encode_pairs(TOKENIZER, pairs, tasks.DataConfig(prompt_bucket=4, response_bucket=4))
 
     class Writer:
         def write_samples(self, step, records):
@@ -291,7 +298,7 @@ def test_iterative_ipo_runs_two_rounds_ranked_by_a_reward_model(tmp_path, policy
     # The refreshed reference and the initial one (held-out metrics); rounds prefill 8 tokens a pass.
     assert estimates == [(2, 8)] and samplers == [8]
     for r in (0, 1):
-        pairs = dpo.read_pairs(dpo.round_file(workdir, r))
+        pairs = preferences.read_pairs(dpo.round_file(workdir, r))
         assert len(pairs) == 8 and all(p.chosen != p.rejected for p in pairs)
     lines = [line for line in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in line]
     assert [line["round/pairs"] for line in lines] == [8.0] * 4
@@ -313,7 +320,7 @@ def test_sampled_rounds_pair_the_reference_when_no_sample_is_correct(tmp_path, p
     config.data.max_response_len = 16
     workdir = str(tmp_path / "run")
     final = dpo.train(config, workdir)
-    pairs = dpo.read_pairs(dpo.round_file(workdir, 0))
+    pairs = preferences.read_pairs(dpo.round_file(workdir, 0))
     solutions = {sequences.prompt_text(TOKENIZER, e.question, config.data.prompt_template): e
                  for e in tasks.task_examples(config.data, "train")}
     assert len(pairs) == 8

@@ -51,6 +51,7 @@ from rlr.rewards.segment import split_steps
 from rlr.rewards.verifier import extract_answer, normalize_answer
 from rlr.sampling import Sampler
 from rlr.train import common, params_io, rm_step, sequences, tasks
+from rlr.train import preferences
 from rlr.train.label import Labelled, read_labelled
 from rlr.train.metrics import MetricsWriter
 from rlr.train.optim import make_optimizer
@@ -174,16 +175,6 @@ def segment_labels(response: str, step_labels: Sequence[int], correct: bool) -> 
 # ----------------------------------------------------------------------------- rows
 
 
-def _prompts(tokenizer: Tokenizer, data: Any, questions: Sequence[str],
-             max_prompt_len: int) -> tuple[np.ndarray, np.ndarray]:
-    d = tasks.as_data_config(data)
-    texts = [sequences.prompt_text(tokenizer, q, d.prompt_template) for q in questions]
-    tokens, mask = sequences.encode_prompts(tokenizer, texts, d.prompt_bucket)
-    if max_prompt_len and tokens.shape[1] > max_prompt_len:  # keep each prompt's last tokens
-        tokens, mask = tokens[:, -max_prompt_len:], mask[:, -max_prompt_len:]
-    return tokens, mask
-
-
 def response_rows(tokenizer: Tokenizer, data: Any, questions: Sequence[str],
                   responses: Sequence[str], max_prompt_len: int = 0) -> Rows:
     """Model inputs of (question, response) rows: prompt_tokens / prompt_mask [N, P] (the
@@ -191,7 +182,10 @@ def response_rows(tokenizer: Tokenizer, data: Any, questions: Sequence[str],
     tokens when > 0), response_tokens / response_mask [N, R] (the response + eos, right-padded,
     cut to config.data.max_response_len)."""
     d = tasks.as_data_config(data)
-    prompt_tokens, prompt_mask = _prompts(tokenizer, d, questions, max_prompt_len)
+    texts = [sequences.prompt_text(tokenizer, q, d.prompt_template) for q in questions]
+    prompt_tokens, prompt_mask = sequences.keep_last_tokens(
+        *sequences.encode_prompts(tokenizer, texts, d.prompt_bucket), max_prompt_len,
+        "config.rm.max_prompt_len")
     response_tokens, response_mask = sequences.encode_responses(tokenizer, responses, d.response_bucket,
                                                                 max_len=d.max_response_len)
     return {"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask,
@@ -239,18 +233,14 @@ def process_rows(tokenizer: Tokenizer, data: Any, records: Sequence[Labelled], m
 
 
 def pair_rows(tokenizer: Tokenizer, data: Any, pairs: Sequence[Pair], max_prompt_len: int = 0) -> Rows:
-    """The fields of rlr.train.dpo_step.PairBatch for pairs: prompt_tokens / prompt_mask [N, P],
+    """The fields of rlr.train.dpo_step.PairBatch for pairs (rlr.train.preferences.encode_pairs of
+    their questions in the prompt format of config.data): prompt_tokens / prompt_mask [N, P],
     chosen_* and rejected_* [N, R] (one R for both), pair_mask [N] (all True)."""
     d = tasks.as_data_config(data)
-    prompt_tokens, prompt_mask = _prompts(tokenizer, d, [p.question for p in pairs], max_prompt_len)
-    tokens, mask = sequences.encode_responses(tokenizer, [p.chosen for p in pairs] +
-                                              [p.rejected for p in pairs], d.response_bucket,
-                                              max_len=d.max_response_len)
-    n = len(pairs)
-    return {"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask,
-            "chosen_tokens": tokens[:n], "chosen_mask": mask[:n],
-            "rejected_tokens": tokens[n:], "rejected_mask": mask[n:],
-            "pair_mask": np.ones(n, bool)}
+    prompted = [preferences.Pair(sequences.prompt_text(tokenizer, p.question, d.prompt_template),
+                                 p.chosen, p.rejected) for p in pairs]
+    return preferences.encode_pairs(tokenizer, prompted, d, max_prompt_len,
+                                    max_prompt_key="config.rm.max_prompt_len")
 
 
 def _take(rows: Rows, index: np.ndarray) -> Rows:

@@ -10,6 +10,7 @@ last prompt token and the response's log-probs come from hidden states [P - 1, P
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import chex
@@ -22,6 +23,8 @@ from rlr.data.tokenizer import Tokenizer
 from rlr.losses.reward_model import gather_at, last_token_scores
 from rlr.models import Transformer, lm_head_weight, token_logprobs
 from rlr.rewards.segment import split_steps, step_arrays, step_end_tokens
+
+log = logging.getLogger(__name__)
 
 
 def prompt_text(tokenizer: Tokenizer, question: str, template: str = "{question}") -> str:
@@ -43,6 +46,20 @@ def encode_prompts(tokenizer: Tokenizer, texts: Sequence[str], bucket: int,
             ids = [tokenizer.bos_id] + ids
         seqs.append(ids)
     return left_pad(seqs, tokenizer.pad_id, length=length, bucket=bucket)
+
+
+def keep_last_tokens(tokens: np.ndarray, mask: np.ndarray, max_len: int,
+                     key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded prompts [B, P] cut to their last `max_len` slots when 0 < max_len < P (a long
+    prompt keeps its end, next to the response); logs how many prompts lose tokens, naming the
+    config `key` that set max_len."""
+    if not max_len or tokens.shape[1] <= max_len:
+        return tokens, mask
+    cut = int(np.sum(mask[:, :-max_len].any(axis=1)))
+    if cut:
+        log.warning("%d of %d prompts are longer than %s=%d tokens; they keep their last %d",
+                    cut, len(tokens), key, max_len, max_len)
+    return tokens[:, -max_len:], mask[:, -max_len:]
 
 
 def encode_responses(tokenizer: Tokenizer, texts: Sequence[str], bucket: int,
