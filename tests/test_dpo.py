@@ -4,6 +4,7 @@ that resumes, and end-to-end runs on CPU (tiny decoder, 8 simulated devices).
 The policy is a random tiny decoder whose vocabulary is exactly the character tokenizer's 51 ids
 (an HF checkpoint written by the test), so anything it samples decodes.
 """
+import gzip
 import json
 import logging
 import os
@@ -14,13 +15,15 @@ import pytest
 
 from experiments import dpo as dpo_experiment
 from experiments import iterative_dpo as iterative_experiment
+from experiments import orm as orm_experiment
 from rlr.config import ConfigError
 from rlr.data import synthetic
 from rlr.data.builders._io import DataFormatError
-from rlr.data.tokenizer import CharTokenizer
+from rlr.data.builders.hh_rlhf import SUBSETS as HH_SUBSETS
+from rlr.data.tokenizer import CHAR_ALPHABET, CharTokenizer
 from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler
-from rlr.train import dpo, dpo_step, label, params_io, preferences, sequences, tasks
+from rlr.train import dpo, dpo_step, label, params_io, ppo, preferences, rm, sequences, tasks
 from rlr.train.metrics import read_jsonl
 from hf_fixtures import make_hf_model, save_hf_model
 
@@ -109,6 +112,34 @@ def test_corrupt_labelled_file_is_a_one_line_error_naming_it(tmp_path, policy_di
     config.dpo.data_path = str(tmp_path / "missing.jsonl")
     with pytest.raises(ConfigError, match="config.dpo.data_path=.*missing.jsonl"):
         dpo.train(config, str(tmp_path / "run"))
+
+
+def test_dataset_pairs_format_a_prompt_as_the_rm_and_ppo_do(tmp_path):
+    """An HH-RLHF record reads the same in DPO, the Bradley-Terry RM and PPO: its prompt is the
+    user message of the chat format (plain here: the dialogue and a newline), so DPO and PPO
+    policies compared on HH are trained and scored on one prompt format."""
+    tokenizer = CharTokenizer(CHAR_ALPHABET + "HAW")
+    dialogues = {subset: f"\n\nHuman: What is {i}+{i}?\n\nAssistant:"
+                 for i, subset in enumerate(HH_SUBSETS)}
+    for subset, dialogue in dialogues.items():
+        for split in ("train", "test"):
+            (tmp_path / "manual" / subset).mkdir(parents=True, exist_ok=True)
+            with gzip.open(tmp_path / "manual" / subset / f"{split}.jsonl.gz", "wt") as f:
+                f.write(json.dumps({"chosen": dialogue + " 4.", "rejected": dialogue + " 5."}) + "\n")
+    data = tasks.DataConfig(task="hh_rlhf", data_dir=str(tmp_path / "tfds"),
+                            manual_dir=str(tmp_path / "manual"))
+
+    pairs = preferences.dataset_pairs("hh_rlhf", "train", tokenizer, data, data.manual_dir, "")
+    assert pairs == [preferences.Pair(d + "\n", " 4.", " 5.") for d in dialogues.values()]
+    dpo_rows = preferences.encode_pairs(tokenizer, pairs, data)
+    rm_group = orm_experiment.rm_group("orm", 10, dataset="hh_rlhf")
+    rm_rows = rm.pair_rows(tokenizer, data, rm.read_dataset(rm_group, data)[0])
+    assert dpo_rows.keys() == rm_rows.keys()
+    for key in dpo_rows:
+        np.testing.assert_array_equal(dpo_rows[key], rm_rows[key], err_msg=key)
+    ppo_prompts = ppo.Prompts(tokenizer, data, ppo.prompt_examples(data, "train"))
+    np.testing.assert_array_equal(ppo_prompts.rows["tokens"], dpo_rows["prompt_tokens"])
+    np.testing.assert_array_equal(ppo_prompts.rows["mask"], dpo_rows["prompt_mask"])
 
 
 def test_best_worst_pairs_hand_example():

@@ -14,7 +14,9 @@ Where pairs come from (config.dpo.pairs; rlr/train/preferences.py builds them):
   questions of the file (never trained on).
 - hh_rlhf | preference_pairs: the chosen / rejected replies of rlr.data.datasets.load_split
   (upstream files in config.dpo.data_path, prepared under config.data.data_dir; splits
-  config.data.train_split / eval_split); prompts are used verbatim (HH's "\\n\\nHuman: ...").
+  config.data.train_split / eval_split); a record's prompt (HH's "\\n\\nHuman: ... Assistant:")
+  is the user message of config.data.prompt_template in the tokenizer's chat format, as the
+  Bradley-Terry RM (rlr/train/rm.py) and PPO read it.
 - sampled: iterative DPO (Xiong et al. 2024, "Iterative Preference Learning from Human Feedback";
   Pang et al. 2024, "Iterative Reasoning Preference Optimization"). config.dpo.iterations rounds;
   each samples config.dpo.num_samples responses to config.dpo.prompts_per_iteration train
@@ -278,8 +280,8 @@ def _offline_pairs(config: ml_collections.ConfigDict, c: DPOConfig, tokenizer: T
         records = label.read_labelled(c.data_path, "dpo.data_path")
         grouped = labelled_pairs(records, tokenizer, data, c.pairs_per_prompt, config.seed)
         return hold_out(grouped, c.eval_pairs, config.seed)
-    train = dataset_pairs(c.pairs, data.train_split, data, c.data_path, c.dataset_config)
-    held = dataset_pairs(c.pairs, data.eval_split, data, c.data_path, c.dataset_config,
+    train = dataset_pairs(c.pairs, data.train_split, tokenizer, data, c.data_path, c.dataset_config)
+    held = dataset_pairs(c.pairs, data.eval_split, tokenizer, data, c.data_path, c.dataset_config,
                          limit=c.eval_pairs) if c.eval_pairs else []
     return train, held
 

@@ -102,11 +102,12 @@ def hold_out(grouped: dict[str, list[Pair]], num_eval: int, seed: int) -> tuple[
     return train, held
 
 
-def dataset_pairs(name: str, split: str, data: Any, manual_dir: str, builder_config: str,
-                  limit: Optional[int] = None) -> list[Pair]:
+def dataset_pairs(name: str, split: str, tokenizer: Tokenizer, data: Any, manual_dir: str,
+                  builder_config: str, limit: Optional[int] = None) -> list[Pair]:
     """The pairs of a split of a preference dataset read with rlr.data.datasets.load_split
     (prepared under config.data.data_dir from the upstream files in `manual_dir`): the record's
-    prompt verbatim, its chosen and rejected replies. `limit`: the first `limit` only."""
+    prompt as sequences.prompt_text formats it (as the Bradley-Terry RM and PPO read the same
+    record), its chosen and rejected replies. `limit`: the first `limit` only."""
     from rlr.data.datasets import load_split
 
     d = tasks.as_data_config(data)
@@ -118,7 +119,8 @@ def dataset_pairs(name: str, split: str, data: Any, manual_dir: str, builder_con
     pairs = []
     for start in range(0, count, 1024):
         records = source.__getitems__(range(start, min(start + 1024, count)))
-        pairs.extend(Pair(r["prompt"], r["chosen"], r["rejected"]) for r in records)
+        pairs.extend(Pair(sequences.prompt_text(tokenizer, r["prompt"], d.prompt_template),
+                          r["chosen"], r["rejected"]) for r in records)
     return pairs
 
 
