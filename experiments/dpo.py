@@ -2,7 +2,7 @@
 
     rlr --config experiments/dpo.py --workdir runs/dpo            # synthetic, from runs/sft: reference over corrupted
     rlr --config experiments/dpo.py:labelled --workdir runs/dpo-l  # correct over incorrect samples of runs/label
-    rlr --config experiments/dpo.py:hh_rlhf --workdir runs/dpo-hh  # HH-RLHF on a local Llama / Qwen checkpoint
+    rlr --config experiments/dpo.py:hh_rlhf --workdir runs/dpo-hh  # HH-RLHF, the policy of ppo.py:hh_rlhf
     rlr --config experiments/dpo.py:gsm8k --config.dpo.policy_source=runs/sft-gsm8k --workdir runs/dpo-gsm8k
     rlr --config experiments/dpo.py:math --config.dpo.policy_source=runs/sft-math --workdir runs/dpo-math
 
@@ -16,12 +16,12 @@ from __future__ import annotations
 import ml_collections
 
 from experiments import base
+from experiments.ppo import HH_CHECKPOINT, HH_RM_RUN
 from experiments.sft import MATH_INSTRUCTION, QWEN_CHECKPOINT, eval_group
 from rlr.train.tasks import data_group
 from rlr.train.dpo import dpo_group
 
 VARIANTS = ("synthetic", "labelled", "hh_rlhf", "gsm8k", "math")
-LLAMA_CHECKPOINT = "checkpoints/Llama-3.2-1B"  # a local HF directory (config.json, safetensors, tokenizer.json)
 
 
 def real_model(checkpoint: str) -> ml_collections.ConfigDict:
@@ -56,16 +56,19 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         config.optim.warmup_steps = 10
     elif variant == "hh_rlhf":
         # Rafailov et al. (2023) on Anthropic HH: beta 0.1, lr 1e-6 (RMSprop there), batch 64,
-        # prompts kept to their last 256 tokens, replies cut at 256.
-        config.model = real_model(LLAMA_CHECKPOINT)
+        # prompts kept to their last 256 tokens, replies cut at 256. The policy, data and
+        # held-out measure of experiments/ppo.py:hh_rlhf, so the two compare (Xu et al. 2024):
+        # eval/rm_score, the Bradley-Terry RM's mean score of greedy replies to 256 test prompts.
+        config.model = real_model(HH_CHECKPOINT)
         config.mesh = base.mesh(data=1, fsdp=-1)
         config.data = data_group(task="hh_rlhf", tokenizer="", data_dir="data/tfds",
-                                 eval_split="test", prompt_bucket=64, response_bucket=64,
-                                 max_response_len=256)
+                                 manual_dir="data/manual/hh_rlhf", eval_split="test",
+                                 prompt_bucket=64, response_bucket=64, max_response_len=256)
         num_steps.set(2500)  # ~1 epoch of the 160k HH pairs at batch 64
-        config.dpo = dpo_group(pairs="hh_rlhf", data_path="data/manual/hh_rlhf", batch_size=64,
-                               beta=0.1, max_prompt_len=256, eval_pairs=512)
-        config.eval = eval_group(every_steps=250, num_problems=0, batch_size=64)
+        config.dpo = dpo_group(pairs="hh_rlhf", batch_size=64, beta=0.1, max_prompt_len=256,
+                               eval_pairs=512)
+        config.eval = eval_group(every_steps=250, num_problems=256, batch_size=64,
+                                 rm_source=HH_RM_RUN)
         config.optim.learning_rate = 1e-6
         config.optim.warmup_steps = 150
     else:  # gsm8k / math: verifier-ranked pairs sampled from the SFT policy

@@ -117,7 +117,8 @@ def _hh_rlhf(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                            ref_ema_decay=0.9, max_prompt_len=512, logprob_chunk=256)
     config.rewards = rewards_group(success_weight=0.0, orm_weight=1.0, orm_source=HH_RM_RUN,
                                    orm_sigmoid=False, kl_coef=0.1, reward_clip=20.0)
-    config.eval = sft.eval_group(every_steps=50, num_problems=256, batch_size=64)
+    config.eval = sft.eval_group(every_steps=50, num_problems=256, batch_size=64,
+                                 rm_source=HH_RM_RUN)
     config.optim = base.optim(learning_rate=1e-6, schedule="constant", weight_decay=0.0)
     config.critic_optim = base.optim(learning_rate=5e-6, schedule="constant", weight_decay=0.0)
     config.checkpoint = base.checkpoint(every_steps=50)

@@ -32,12 +32,14 @@ def sft_group(num_steps: ml_collections.FieldReference, batch_size: int = 32) ->
     return c
 
 
-def eval_group(every_steps: int = 200, num_problems: int = 64, batch_size: int = 32) -> ml_collections.ConfigDict:
-    """The eval group: held-out loss and greedy accuracy."""
+def eval_group(every_steps: int = 200, num_problems: int = 64, batch_size: int = 32,
+               rm_source: str = "") -> ml_collections.ConfigDict:
+    """The eval group: held-out loss and greedy accuracy, and a reward model's score."""
     c = ml_collections.ConfigDict()
     c.every_steps = every_steps  # evaluate every this many updates (and after the last); 0: only at the end
     c.num_problems = num_problems  # held-out problems evaluated; 0 disables evaluation
     c.batch_size = batch_size  # prompts a sampling call; a multiple of data x fsdp
+    c.rm_source = rm_source  # SFT / DPO / PPO: an outcome RM run dir scoring each greedy response (eval/rm_score); "" = none
     return c
 
 

@@ -12,6 +12,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 from experiments import dpo as dpo_experiment
 from experiments import iterative_dpo as iterative_experiment
@@ -137,7 +138,7 @@ def test_dataset_pairs_format_a_prompt_as_the_rm_and_ppo_do(tmp_path):
     assert dpo_rows.keys() == rm_rows.keys()
     for key in dpo_rows:
         np.testing.assert_array_equal(dpo_rows[key], rm_rows[key], err_msg=key)
-    ppo_prompts = ppo.Prompts(tokenizer, data, ppo.prompt_examples(data, "train"))
+    ppo_prompts = ppo.Prompts(tokenizer, data, tasks.prompt_examples(data, "train"))
     np.testing.assert_array_equal(ppo_prompts.rows["tokens"], dpo_rows["prompt_tokens"])
     np.testing.assert_array_equal(ppo_prompts.rows["mask"], dpo_rows["prompt_mask"])
 
@@ -268,6 +269,10 @@ def test_offline_dpo_learns_the_pairs_and_evaluates(tmp_path, policy_dir, caplog
     config = _config(dpo_experiment, policy_dir, num_steps=24)
     config.optim.learning_rate, config.optim.warmup_steps = 3e-3, 2
     config.eval.every_steps = 12
+    rm_model = make_hf_model("qwen2-score", seed=1, vocab_size=TOKENIZER.vocab_size)
+    config.eval.rm_source = str(tmp_path / "rm")  # a random outcome reward model scores the replies
+    save_hf_model(rm_model, config.eval.rm_source)
+    config.logging.num_samples = config.eval.num_problems  # every greedy reply in samples.jsonl
     workdir = str(tmp_path / "run")
     with caplog.at_level(logging.INFO, logger="rlr.train.common"):
         final = dpo.train(config, workdir)
@@ -287,6 +292,18 @@ def test_offline_dpo_learns_the_pairs_and_evaluates(tmp_path, policy_dir, caplog
     assert evals[-1]["eval/pair_accuracy"] >= 0.7
     assert 0.0 <= final["eval/accuracy"] <= 1.0 and final["eval/response_length"] > 0
     assert os.path.isfile(os.path.join(workdir, params_io.PARAMS_INFO))
+    # eval/rm_score: the mean of the reward model's score of each greedy reply, as transformers
+    # scores bos + prompt + reply + eos (cut at max_response_len) with the same checkpoint.
+    replies = [r for r in read_jsonl(os.path.join(workdir, "samples.jsonl")) if r["step"] == 24]
+    assert len(replies) == config.eval.num_problems
+    for reply in replies:
+        prompt = sequences.prompt_text(TOKENIZER, reply["prompt"], config.data.prompt_template)
+        response = (TOKENIZER.encode(reply["response"]) + [TOKENIZER.eos_id])[:config.data.max_response_len]
+        ids = torch.tensor([[TOKENIZER.bos_id] + TOKENIZER.encode(prompt) + response])
+        with torch.no_grad():
+            expected = float(rm_model(ids).logits[0, 0])
+        assert reply["rm_score"] == pytest.approx(expected, abs=1e-4)
+    assert final["eval/rm_score"] == pytest.approx(np.mean([r["rm_score"] for r in replies]), abs=1e-6)
 
 
 def test_simpo_loss_reads_no_reference_hand_value():

@@ -2,6 +2,7 @@
 experiment file of the PPO factors, then `python -m rlr.studies.dpo_vs_ppo --quick` end to end
 (tables, plots, every run trained with the settings it names) and the colab on that run. The
 study's findings themselves are not asserted."""
+import gzip
 import json
 import math
 import os
@@ -169,3 +170,99 @@ def test_colab_runs_on_the_quick_run(quick_run):
     outputs = notebooks.execute(COLAB, quick_run)
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
+
+
+# ----------------------------------------------------------------------------- HH-RLHF, end to end
+
+HH_TURNS = [("Hi there.", " Hello! How can I help?", " Go away."), ("What is two plus two?", " Four.", " Five."),
+            ("Tell me a joke.", " Why did the chicken cross the road?", " No."),
+            ("Where is Paris?", " In France.", " In Spain.")]
+
+
+def _hh_files(manual) -> None:
+    """The four upstream subsets, each a train and a test file of the HH_TURNS dialogues."""
+    from rlr.data.builders.hh_rlhf import SUBSETS
+
+    for subset in SUBSETS:
+        os.makedirs(os.path.join(manual, subset))
+        for split in ("train", "test"):
+            with gzip.open(os.path.join(manual, subset, f"{split}.jsonl.gz"), "wt") as f:
+                for question, chosen, rejected in HH_TURNS:
+                    dialogue = f"\n\nHuman: {question}\n\nAssistant:"
+                    f.write(json.dumps({"chosen": dialogue + chosen, "rejected": dialogue + rejected}) + "\n")
+
+
+def _hh_checkpoint(path) -> None:
+    """A random tiny Qwen2 with a byte-level BPE tokenizer.json (ChatML special tokens)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from hf_fixtures import make_hf_model, save_hf_model
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([t for turn in HH_TURNS for t in turn] * 10, trainer=trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    save_hf_model(make_hf_model("qwen2", seed=0, vocab_size=tok.get_vocab_size()), path)
+    tok.save(os.path.join(path, "tokenizer.json"))
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None}, f)
+
+
+def test_hh_rlhf_dpo_and_ppo_are_measured_alike(tmp_path):
+    """experiments/orm.py:hh_rlhf, dpo.py:hh_rlhf and ppo_factors.py:hh_rlhf_* on a tiny HH set:
+    the RM trains, and a DPO run whose policy does not move (learning rate 0) logs the same
+    greedy replies and eval/rm_score as the PPO run's initial policy: the two arms share the
+    policy, the held-out prompts, their format and the reward model that measures them."""
+    from rlr.train import dpo, ppo, rm
+    from rlr.train.metrics import read_jsonl
+
+    checkpoint, manual = str(tmp_path / "checkpoint"), str(tmp_path / "manual")
+    _hh_checkpoint(checkpoint)
+    _hh_files(manual)
+
+    def small(spec):
+        config = load_config(os.path.join(ROOT, "experiments", spec))
+        config.model.hf_checkpoint, config.model.dtype = checkpoint, "float32"
+        config.data.data_dir, config.data.manual_dir = str(tmp_path / "tfds"), manual
+        config.data.prompt_bucket = config.data.response_bucket = config.data.max_response_len = 16
+        config.eval.num_problems, config.eval.batch_size, config.eval.every_steps = 8, 8, 0
+        config.checkpoint.every_steps, config.logging.every_steps = 1000, 1
+        config.logging.num_samples = 8
+        return config
+
+    rm_run = str(tmp_path / "rm")
+    config = small("orm.py:hh_rlhf")
+    config.eval.num_problems = 0
+    config.rm.num_steps, config.rm.batch_size, config.rm.eval_fraction = 6, 8, 0.25
+    config.optim.learning_rate, config.optim.warmup_steps = 1e-3, 0
+    rm.train(config, rm_run)
+    losses = [line["loss"] for line in read_jsonl(os.path.join(rm_run, "metrics.jsonl")) if "loss" in line]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+
+    dpo_run = str(tmp_path / "dpo")
+    config = small("dpo.py:hh_rlhf")
+    config.dpo.num_steps, config.dpo.batch_size, config.dpo.eval_pairs = 2, 8, 8
+    config.optim.learning_rate, config.optim.warmup_steps = 0.0, 0
+    config.eval.rm_source = rm_run
+    dpo_final = dpo.train(config, dpo_run)
+    assert dpo_final["eval/pair_loss"] == pytest.approx(math.log(2.0), abs=1e-5)  # policy = reference
+
+    ppo_run = str(tmp_path / "ppo")
+    config = small("ppo_factors.py:hh_rlhf_ema_ref")
+    config.ppo.critic_source = config.rewards.orm_source = config.eval.rm_source = rm_run
+    config.ppo.num_iterations, config.ppo.prompts_per_iteration = 1, 8
+    ppo.train(config, ppo_run)
+
+    def greedy(run, step):
+        metrics = [line for line in read_jsonl(os.path.join(run, "metrics.jsonl"))
+                   if line["step"] == step and "eval/rm_score" in line]
+        replies = [(r["prompt"], r["response"], r["rm_score"])
+                   for r in read_jsonl(os.path.join(run, "samples.jsonl")) if r["step"] == step and "rm_score" in r]
+        return metrics[0]["eval/rm_score"], replies
+
+    dpo_score, dpo_replies = greedy(dpo_run, 2)
+    ppo_score, ppo_replies = greedy(ppo_run, 0)
+    assert len(dpo_replies) == 8 and [r[:2] for r in dpo_replies] == [r[:2] for r in ppo_replies]
+    np.testing.assert_allclose([r[2] for r in dpo_replies], [r[2] for r in ppo_replies], atol=1e-5)
+    assert dpo_score == pytest.approx(ppo_score, abs=1e-5)

@@ -18,7 +18,7 @@ from rlr.models import Transformer, get_config
 from rlr.parallel import make_mesh
 from rlr.parallel.memory import (activation_bytes, kv_cache_bytes, param_bytes,
                                  sampler_activation_bytes, scoring_activation_bytes)
-from rlr.train import common, params_io, ppo, sft
+from rlr.train import common, params_io, ppo, sft, tasks
 from rlr.train.metrics import read_jsonl
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
@@ -130,7 +130,7 @@ def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path, caplog):
     # head), critic and PRM (score head); the update's 8-row minibatch; 32 rollout rows of 8
     # prompts prefilled 8 tokens at a time, scored in 4 slices.
     s = common.setup(config)
-    width = ppo.Prompts(s.tokenizer, config.data, ppo.prompt_examples(config.data, "train")).width
+    width = ppo.Prompts(s.tokenizer, config.data, tasks.prompt_examples(config.data, "train")).width
     estimate = ppo.memory_estimate(s, ppo.make_run(config, s), width, 48)
     p_lm, p_score = param_bytes(s.model_config, mesh), param_bytes(s.model_config, mesh, "score")
     assert estimate.params == 2 * p_lm + 2 * p_score
@@ -147,6 +147,31 @@ def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path, caplog):
         assert 0 < line["prm/score_mean"] < 1 and line["reward/prm"] <= 0  # Clip-Delta: <= 0
     samples = [s for s in read_jsonl(os.path.join(workdir, "samples.jsonl")) if s["num_steps"] > 1]
     assert samples and all(len(s["step_prm_scores"]) == len(s["step_rewards"]) >= 1 for s in samples)
+
+
+def test_eval_rm_score_reuses_the_runs_orm(sft_dir, tmp_path, monkeypatch):
+    """config.eval.rm_source = config.rewards.orm_source: the greedy replies are scored with the
+    run's ORM params (no second copy is loaded); eval/rm_score is the mean of their scores."""
+    orm_dir = str(tmp_path / "orm")  # an ORM: the SFT decoder, a fresh score head
+    params_io.export_params(orm_dir, params_io.load_params(
+        Transformer(get_config("tiny"), head="score"), sft_dir, make_mesh(), jax.random.key(4)))
+    keys, load = [], params_io.load_params
+    monkeypatch.setattr(params_io, "load_params",
+                        lambda *args, key=None, **kw: keys.append(key) or load(*args, key=key, **kw))
+    workdir = str(tmp_path / "ppo")
+    config = ppo_config(sft_dir, **{"ppo.num_iterations": 1, "rewards.orm_source": orm_dir,
+                                    "rewards.orm_weight": 1.0, "eval.num_problems": 8,
+                                    "eval.batch_size": 8, "eval.rm_source": orm_dir,
+                                    "logging.num_samples": 8})
+    ppo.train(config, workdir)
+    assert keys.count("rewards.orm_source") == 1 and "eval.rm_source" not in keys
+    evals = [line for line in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "eval/rm_score" in line]
+    assert [line["step"] for line in evals] == [0, 1]
+    samples = read_jsonl(os.path.join(workdir, "samples.jsonl"))
+    for line in evals:
+        replies = [r for r in samples if r.get("eval") and r["step"] == line["step"]]
+        assert len(replies) == 8
+        assert line["eval/rm_score"] == pytest.approx(np.mean([r["rm_score"] for r in replies]), abs=1e-6)
 
 
 def test_grpo_run_has_no_critic(sft_dir, tmp_path):

@@ -1,12 +1,14 @@
 """What every training loop shares, as functions (no base class): run setup, the mesh context of
-a model, sampling texts and held-out accuracy, and the loop driver (resume, checkpoints,
-metrics, SIGTERM, progress). The task's data is in rlr.train.tasks, params between stages in
-rlr.train.params_io, prompt + response model inputs and scores in rlr.train.sequences.
+a model, sampling texts and scoring them with a reward model, the greedy held-out evaluation,
+and the loop driver (resume, checkpoints, metrics, SIGTERM, progress). The task's data is in
+rlr.train.tasks, params between stages in rlr.train.params_io, prompt + response model inputs
+and scores in rlr.train.sequences.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
@@ -17,16 +19,19 @@ import ml_collections
 import numpy as np
 
 from rlr.config import ConfigError, make_model_config
+from rlr.data.batching import bucket_length
 from rlr.data.tokenizer import Tokenizer, load_tokenizer
-from rlr.models import ModelConfig
-from rlr.parallel import DEFAULT_RULES, gather_rows, make_mesh, process_rows
+from rlr.models import ModelConfig, Transformer
+from rlr.parallel import DEFAULT_RULES, gather_rows, make_mesh, process_rows, shard_batch
 from rlr.parallel.memory import MemoryEstimate, device_memory_limit, format_bytes
 from rlr.sampling import Sampler, SamplingConfig
 from rlr.train.checkpoint import (Checkpointer, abstract_like, install_preemption_handler,
                                   restore_from, should_stop)
 from rlr.train.metrics import MetricsWriter, Progress, Timer
-from rlr.train.sequences import decode_responses, encode_prompts, prompt_text
-from rlr.train.tasks import TaskExample, answer_correct, as_data_config
+from rlr.train import params_io
+from rlr.train.sequences import (decode_responses, encode_prompts, encode_responses, outcome_scores,
+                                 prompt_text, response_scores, sequence_inputs)
+from rlr.train.tasks import TASKS, TaskExample, answer_correct, as_data_config
 
 log = logging.getLogger(__name__)
 
@@ -143,17 +148,90 @@ def generate_texts(sampler: Sampler, params: Any, tokenizer: Tokenizer, prompts:
     return out
 
 
-def task_accuracy(sampler: Sampler, params: Any, tokenizer: Tokenizer, data: Any,
-                  examples: Sequence[TaskExample], rng: jax.Array,
-                  batch_size: int) -> tuple[float, list[str]]:
-    """(share of examples whose first sampled response has the right answer (answer_correct),
-    those responses): with a greedy sampler, the held-out greedy accuracy the studies report."""
+TextScoreFn = Callable[[Sequence[str], Sequence[Sequence[str]]], list[list[float]]]
+
+
+def reward_model_scorer(s: Setup, rm_params: Any, data: Any, prompt_length: int,
+                        response_length: int, rows_per_call: int) -> TextScoreFn:
+    """score(prompts, responses) -> the outcome reward model's score of each response,
+    [len(prompts)][n] (sequences.outcome_scores: the score head at the last response token;
+    responses cut at config.data.max_response_len tokens), `rows_per_call` responses a call, all
+    at one compiled shape ([rows, prompt_length + response_length])."""
+    d = as_data_config(data)
+    rm_model = Transformer(s.model_config, head="score")
+
+    @jax.jit
+    def scores(params, prompt_tokens, prompt_mask, response_tokens, response_mask):
+        batch = sequence_inputs(prompt_tokens, prompt_mask, response_tokens, response_mask)
+        return outcome_scores(response_scores(rm_model, params, batch), response_mask)
+
+    def score(prompts: Sequence[str], responses: Sequence[Sequence[str]]) -> list[list[float]]:
+        flat_prompts = [p for p, rs in zip(prompts, responses) for _ in rs]
+        flat = [r for rs in responses for r in rs]
+        if not flat:
+            return [[] for _ in responses]
+        pt, pm = encode_prompts(s.tokenizer, flat_prompts, d.prompt_bucket, length=prompt_length)
+        rt, rmask = encode_responses(s.tokenizer, flat, d.response_bucket, max_len=d.max_response_len,
+                                     length=response_length)
+        out = []
+        with model_context(s.mesh):
+            for index, kept in global_batches(len(flat), rows_per_call, s.mesh):
+                arrays = shard_batch((pt[index], pm[index], rt[index], rmask[index]), s.mesh)
+                out.extend(gather_rows(scores(rm_params, *arrays))[:kept])
+        it = iter(float(v) for v in out)
+        return [[next(it) for _ in rs] for rs in responses]
+
+    return score
+
+
+def eval_scorer(config: ml_collections.ConfigDict, s: Setup, examples: Sequence[TaskExample],
+                rng: jax.Array, loaded: Optional[Mapping[str, Any]] = None) -> Optional[TextScoreFn]:
+    """The reward_model_scorer of config.eval.rm_source for greedy responses to the held-out
+    `examples` (one compiled shape: their prompts' bucketed width, config.data.max_response_len
+    and config.eval.batch_size rows), or None when it is "". `loaded`: params already on the
+    mesh by source path (a PPO run's ORM), used instead of a second copy."""
+    source = config.eval.rm_source
+    if not source:
+        return None
+    if loaded and os.path.abspath(source) in loaded:
+        params = loaded[os.path.abspath(source)]
+    else:
+        params = params_io.load_params(Transformer(s.model_config, head="score"), source, s.mesh,
+                                       rng, s.tokenizer, key="eval.rm_source")
+    d = as_data_config(config.data)
+    prompts = [prompt_text(s.tokenizer, e.question, d.prompt_template) for e in examples]
+    prompt_length = encode_prompts(s.tokenizer, prompts, d.prompt_bucket)[0].shape[1]
+    return reward_model_scorer(s, params, d, prompt_length,
+                               bucket_length(d.max_response_len, d.response_bucket),
+                               config.eval.batch_size)
+
+
+def greedy_eval(sampler: Sampler, params: Any, tokenizer: Tokenizer, data: Any,
+                examples: Sequence[TaskExample], rng: jax.Array, batch_size: int,
+                score_fn: Optional[TextScoreFn] = None) -> tuple[dict, list[dict]]:
+    """A policy's responses to held-out examples (with a greedy sampler: the responses the
+    studies report) and their metrics: response_length (mean tokens), accuracy (the share whose
+    final answer is right, answer_correct; tasks with an answer checker only) and rm_score (the
+    mean reward-model score, with score_fn). Returns (metrics, one samples.jsonl record a
+    response: prompt (the question), response, reference answer, correct, rm_score)."""
     d = as_data_config(data)
     prompts = [prompt_text(tokenizer, e.question, d.prompt_template) for e in examples]
     responses = [r[0] for r in generate_texts(sampler, params, tokenizer, prompts, rng, batch_size,
                                                d.prompt_bucket)]
-    correct = [answer_correct(d, e, r) for e, r in zip(examples, responses)]
-    return (float(np.mean(correct)) if correct else 0.0), responses
+    records = [{"prompt": e.question, "response": r, "reference": e.answer}
+               for e, r in zip(examples, responses)]
+    metrics = {"response_length": float(np.mean([len(tokenizer.encode(r)) for r in responses]))}
+    if d.task in TASKS:
+        correct = [answer_correct(d, e, r) for e, r in zip(examples, responses)]
+        metrics["accuracy"] = float(np.mean(correct))
+        for record, c in zip(records, correct):
+            record["correct"] = c
+    if score_fn is not None:
+        scores = [row[0] for row in score_fn(prompts, [[r] for r in responses])]
+        metrics["rm_score"] = float(np.mean(scores))
+        for record, v in zip(records, scores):
+            record["rm_score"] = v
+    return metrics, records
 
 
 # ----------------------------------------------------------------------------- the loop driver

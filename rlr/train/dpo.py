@@ -13,10 +13,10 @@ Where pairs come from (config.dpo.pairs; rlr/train/preferences.py builds them):
   a correct response over an incorrect one to the same question; held out: the pairs of some
   questions of the file (never trained on).
 - hh_rlhf | preference_pairs: the chosen / rejected replies of rlr.data.datasets.load_split
-  (upstream files in config.dpo.data_path, prepared under config.data.data_dir; splits
-  config.data.train_split / eval_split); a record's prompt (HH's "\\n\\nHuman: ... Assistant:")
-  is the user message of config.data.prompt_template in the tokenizer's chat format, as the
-  Bradley-Terry RM (rlr/train/rm.py) and PPO read it.
+  (upstream files in config.dpo.data_path or config.data.manual_dir, prepared under
+  config.data.data_dir; splits config.data.train_split / eval_split); a record's prompt (HH's
+  "\\n\\nHuman: ... Assistant:") is the user message of config.data.prompt_template in the
+  tokenizer's chat format, as the Bradley-Terry RM (rlr/train/rm.py) and PPO read it.
 - sampled: iterative DPO (Xiong et al. 2024, "Iterative Preference Learning from Human Feedback";
   Pang et al. 2024, "Iterative Reasoning Preference Optimization"). config.dpo.iterations rounds;
   each samples config.dpo.num_samples responses to config.dpo.prompts_per_iteration train
@@ -35,7 +35,9 @@ once per batch without gradient inside the jitted step (rlr/train/dpo_step.py). 
 update: loss, rewards/{chosen, rejected, margin, accuracy}, logps/*, grad_norm (and round/* for
 sampled pairs); every config.eval.every_steps: eval/pair_{loss, accuracy, margin, chosen, rejected}
 on the held-out pairs (implicit rewards against the initial policy), eval/accuracy (greedy, on
-config.eval.num_problems held-out problems) and eval/response_length. Resumes from WORKDIR's
+config.eval.num_problems held-out problems; tasks with answers), eval/response_length and, with
+config.eval.rm_source, eval/rm_score (that reward model's mean score of the greedy responses:
+HH-RLHF's measure, comparable with a PPO run's on the same prompts). Resumes from WORKDIR's
 newest checkpoint (policy, reference when refreshed, data position, round); exports the final
 policy (WORKDIR/params).
 """
@@ -58,7 +60,7 @@ from rlr.data import synthetic
 from rlr.data.batching import bucket_length
 from rlr.data.tokenizer import Tokenizer
 from rlr.models import Transformer
-from rlr.parallel import gather_rows, process_rows, shard_batch
+from rlr.parallel import process_rows, shard_batch
 from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler, bucket_length as sampler_bucket
 from rlr.train import common, dpo_step, label, params_io, sequences, tasks
@@ -85,7 +87,7 @@ class DPOConfig:
 
     policy_source: str = ""  # initial policy = reference: rlr run dir, HF dir; "" = config.model.hf_checkpoint
     pairs: str = "corrupt"  # where pairs come from: corrupt | labelled | hh_rlhf | preference_pairs | sampled
-    data_path: str = ""  # labelled: labelled.jsonl or its run dir; hh_rlhf / preference_pairs: upstream files
+    data_path: str = ""  # labelled: labelled.jsonl or its run dir; hh_rlhf / preference_pairs: upstream files ("" = config.data.manual_dir)
     dataset_config: str = ""  # hh_rlhf: the builder config (all, helpful_base, ...); "" = the builder's default
     corruptions: tuple = FLAWED_MODES  # corrupt: the rlr.data.synthetic.corrupt modes of rejected solutions
     pairs_per_prompt: int = 1  # corrupt / labelled: the most pairs made of one question
@@ -186,37 +188,6 @@ def checker_scores(data: Any) -> ScoreFn:
     return score
 
 
-def rm_scores(s: common.Setup, rm_model: Transformer, rm_params: Any, data: Any,
-              prompt_length: int, response_length: int, rows_per_call: int) -> ScoreFn:
-    """score(examples, prompts, responses) -> the outcome reward model's verdict per response
-    (sequences.outcome_scores: the score head at the last response token), `rows_per_call`
-    responses a call, all at one compiled shape ([rows, prompt_length + response_length])."""
-    d = tasks.as_data_config(data)
-
-    @jax.jit
-    def verdicts(params, prompt_tokens, prompt_mask, response_tokens, response_mask):
-        batch = sequences.sequence_inputs(prompt_tokens, prompt_mask, response_tokens, response_mask)
-        return sequences.outcome_scores(sequences.response_scores(rm_model, params, batch), response_mask)
-
-    def score(examples, prompts, responses):
-        flat_prompts = [p for p, rs in zip(prompts, responses) for _ in rs]
-        flat = [r for rs in responses for r in rs]
-        if not flat:
-            return [[] for _ in responses]
-        pt, pm = sequences.encode_prompts(s.tokenizer, flat_prompts, d.prompt_bucket, length=prompt_length)
-        rt, rmask = sequences.encode_responses(s.tokenizer, flat, d.response_bucket,
-                                               max_len=d.max_response_len, length=response_length)
-        out = []
-        with common.model_context(s.mesh):
-            for index, kept in common.global_batches(len(flat), rows_per_call, s.mesh):
-                arrays = shard_batch((pt[index], pm[index], rt[index], rmask[index]), s.mesh)
-                out.extend(gather_rows(verdicts(rm_params, *arrays))[:kept])
-        it = iter(float(v) for v in out)
-        return [[next(it) for _ in rs] for rs in responses]
-
-    return score
-
-
 def sample_pairs(sampler: Sampler, params: Any, tokenizer: Tokenizer, data: Any,
                  examples: Sequence[tasks.TaskExample], score_fn: ScoreFn, rng: jax.Array,
                  batch_size: int, seed: Any, reference_chosen: bool = False
@@ -288,14 +259,14 @@ def _offline_pairs(config: ml_collections.ConfigDict, c: DPOConfig, tokenizer: T
 
 def _task_examples(config: ml_collections.ConfigDict, data: tasks.DataConfig,
                    sampled: bool) -> tuple[list[tasks.TaskExample], list[tasks.TaskExample]]:
-    """(train problems (sampled rounds only), held-out problems of the greedy accuracy)."""
-    if data.task not in tasks.TASKS:
-        if sampled:
-            raise ConfigError(f"config.dpo.pairs='sampled' samples answers to problems; "
-                              f"config.data.task={data.task!r} is not one of {tasks.TASKS}")
-        return [], []
+    """(train problems (sampled rounds only), the held-out examples of the greedy evaluation:
+    tasks.prompt_examples, so HH-RLHF's test dialogues too)."""
+    if sampled and data.task not in tasks.TASKS:
+        raise ConfigError(f"config.dpo.pairs='sampled' samples answers to problems; "
+                          f"config.data.task={data.task!r} is not one of {tasks.TASKS}")
     num = config.eval.num_problems
-    held = tasks.task_examples(data, "eval", limit=num) if num else []
+    held = tasks.prompt_examples(data, "eval", limit=num) \
+        if num and data.task in tasks.PROMPT_TASKS else []
     return (tasks.task_examples(data, "train") if sampled else []), held
 
 
@@ -418,11 +389,13 @@ def _sampled_rounds(config: ml_collections.ConfigDict, c: DPOConfig, s: common.S
     sampler = Sampler(model, common.sampling_config(s.tokenizer, data, c.temperature, c.num_samples,
                                                     prefill_chunk=c.prefill_chunk), s.mesh)
     if c.rm_source:
-        rm_model = Transformer(s.model_config, head="score")
-        rm_params = params_io.load_params(rm_model, c.rm_source, s.mesh, rm_rng, s.tokenizer,
-                                          key="dpo.rm_source")
-        score_fn = rm_scores(s, rm_model, rm_params, data, prompt_length, response_length,
-                             c.sample_batch_size * c.num_samples)
+        rm_params = params_io.load_params(Transformer(s.model_config, head="score"), c.rm_source,
+                                          s.mesh, rm_rng, s.tokenizer, key="dpo.rm_source")
+        scorer = common.reward_model_scorer(s, rm_params, data, prompt_length, response_length,
+                                            c.sample_batch_size * c.num_samples)
+
+        def score_fn(examples, prompts, responses):  # the ORM reads the texts only
+            return scorer(prompts, responses)
     else:
         score_fn = checker_scores(data)
 
@@ -503,9 +476,9 @@ def _make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tr
                    writer: MetricsWriter, rng: jax.Array):
     """evaluate(state, step) -> held-out pair metrics (pair_loss, pair_accuracy (implicit reward
     accuracy), pair_margin, pair_chosen, pair_rejected; always against the initial policy, so
-    rounds with a refreshed reference stay comparable) and the greedy task accuracy and
-    response_length on `examples`; greedy samples to samples.jsonl. None when there is nothing
-    to evaluate."""
+    rounds with a refreshed reference stay comparable) and common.greedy_eval's accuracy,
+    response_length and rm_score (config.eval.rm_source) on `examples`; greedy samples to
+    samples.jsonl. None when there is nothing to evaluate."""
     if held_out is None and not examples:
         return None
     data = tasks.as_data_config(config.data)
@@ -513,8 +486,10 @@ def _make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tr
     batches = eval_batches(held_out, batch_size) if held_out is not None else []
     rows = process_rows(batch_size, s.mesh)  # the pairs of each batch this process feeds
     metrics_fn = jax.jit(functools.partial(dpo_step.eval_step, model=model, config=pref))
-    sampler = Sampler(model, common.sampling_config(s.tokenizer, data, temperature=0.0), s.mesh) \
-        if examples else None
+    sampler = score_fn = None
+    if examples:
+        sampler = Sampler(model, common.sampling_config(s.tokenizer, data, temperature=0.0), s.mesh)
+        score_fn = common.eval_scorer(config, s, examples, jax.random.fold_in(rng, 1))
     names = {"loss": "pair_loss", "rewards/accuracy": "pair_accuracy", "rewards/margin": "pair_margin",
              "rewards/chosen": "pair_chosen", "rewards/rejected": "pair_rejected"}
 
@@ -534,14 +509,10 @@ def _make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tr
                     count += n
             out.update({name: totals[key] / count for key, name in names.items()})
         if examples:
-            accuracy, responses = common.task_accuracy(sampler, params, s.tokenizer, data, examples,
-                                                       rng, batch_size)
-            writer.write_samples(step, [
-                {"prompt": e.question, "response": r, "reference": e.answer,
-                 "correct": tasks.answer_correct(data, e, r)}
-                for e, r in list(zip(examples, responses))[:config.logging.num_samples]])
-            out["accuracy"] = accuracy
-            out["response_length"] = float(np.mean([len(s.tokenizer.encode(r)) for r in responses]))
+            metrics, records = common.greedy_eval(sampler, params, s.tokenizer, data, examples, rng,
+                                                  batch_size, score_fn)
+            writer.write_samples(step, records[:config.logging.num_samples])
+            out.update(metrics)
         return out
 
     return evaluate

@@ -28,7 +28,8 @@ normalisation), rng}; the prompt order's position is in the checkpoint's extra. 
 (step 0, a fresh run), every config.eval.every_steps iterations and at the end: greedy responses
 to config.eval.num_problems held-out problems -> eval/accuracy, eval/num_steps (steps split at
 config.rewards.step_delimiter, the answer line included), eval/response_length (tokens),
-eval/repetition_rate.
+eval/repetition_rate and, with config.eval.rm_source, eval/rm_score (that reward model's mean
+score of the greedy responses: the measure of HH-RLHF, which has no answers).
 
 Axes: B prompts, N = B x n rows (a prompt's samples contiguous), P prompt slots, R response
 slots, K steps.
@@ -38,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
@@ -65,7 +67,6 @@ log = logging.getLogger(__name__)
 
 REFERENCES = ("fixed", "ema")
 CHECKED_TASKS = tasks.TASKS  # tasks whose final answers are checked (success reward, accuracy)
-PROMPT_TASKS = CHECKED_TASKS + ("hh_rlhf",)  # tasks PPO takes prompts from
 
 
 # ----------------------------------------------------------------------------- config groups
@@ -235,23 +236,6 @@ def _check_rewards(spec: RewardSpec, models: RewardModels, task: str) -> None:
 # ----------------------------------------------------------------------------- prompts
 
 
-def prompt_examples(data: Any, split: str, limit: Optional[int] = None) -> list[tasks.TaskExample]:
-    """The problems of a split ("train" | "eval") whose questions PPO prompts with:
-    tasks.task_examples for the tasks with answers, the HH-RLHF dialogues (record "prompt",
-    up to the last "Assistant:"; no answer) for task hh_rlhf."""
-    d = tasks.as_data_config(data)
-    if d.task in CHECKED_TASKS:
-        return tasks.task_examples(d, split, limit)
-    if d.task != "hh_rlhf":
-        raise ConfigError(f"config.data.task={d.task!r}: expected one of {PROMPT_TASKS}")
-    from rlr.data.datasets import load_split
-
-    source = load_split("hh_rlhf", d.train_split if split == "train" else d.eval_split,
-                        d.data_dir, d.manual_dir or None)
-    count = len(source) if limit is None else min(limit, len(source))
-    return [tasks.TaskExample(source[i]["prompt"], source[i]["chosen"], "") for i in range(count)]
-
-
 class Prompts:
     """The train prompts, encoded once to one width P (so every rollout has one shape), and
     their examples (what a response is checked against)."""
@@ -375,34 +359,29 @@ def sample_records(examples: Sequence[tasks.TaskExample], text: RolloutText, hos
 
 
 def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Transformer,
-                  writer: MetricsWriter, rng: jax.Array, delimiter: str):
-    """evaluate(state, step) -> {accuracy (tasks with answers), num_steps, response_length,
-    repetition_rate} of greedy responses to config.eval.num_problems held-out problems (None
-    when that is 0); writes config.logging.num_samples of them to samples.jsonl."""
+                  writer: MetricsWriter, rng: jax.Array, delimiter: str, frozen: dict):
+    """evaluate(state, step) -> common.greedy_eval's metrics (accuracy for tasks with answers,
+    response_length, rm_score with config.eval.rm_source) and num_steps, repetition_rate of
+    greedy responses to config.eval.num_problems held-out problems (None when that is 0); writes
+    config.logging.num_samples of them to samples.jsonl. An eval.rm_source equal to
+    rewards.orm_source scores with the run's ORM params (`frozen`), not a second copy."""
     num = config.eval.num_problems
     if num == 0:
         return None
     data = tasks.as_data_config(config.data)
     check_batch_size(config.eval.batch_size, s.mesh, "eval.batch_size")
-    examples = prompt_examples(data, "eval", limit=num)
-    prompts = [sequences.prompt_text(s.tokenizer, e.question, data.prompt_template) for e in examples]
+    examples = tasks.prompt_examples(data, "eval", limit=num)
     sampler = cached_sampler(model, common.sampling_config(s.tokenizer, data), s.mesh)
-    checked = data.task in CHECKED_TASKS
+    loaded = {os.path.abspath(config.rewards.orm_source): frozen["orm"]} if "orm" in frozen else {}
+    score_fn = common.eval_scorer(config, s, examples, jax.random.fold_in(rng, 1), loaded)
 
     def evaluate(state, step: int) -> dict:
-        responses = [r[0] for r in common.generate_texts(
-            sampler, state["policy"].params, s.tokenizer, prompts, rng, config.eval.batch_size,
-            data.prompt_bucket)]
-        lengths = [len(s.tokenizer.encode(r)) for r in responses]
-        metrics = response_stats(responses, lengths, delimiter)
-        correct = [tasks.answer_correct(data, e, r) if checked else None
-                   for e, r in zip(examples, responses)]
-        if checked:
-            metrics["accuracy"] = float(np.mean(correct))
-        writer.write_samples(step, [
-            {"eval": True, "prompt": e.question, "response": r, "reference": e.answer,
-             "correct": c} for e, r, c in list(zip(examples, responses, correct))[
-                :config.logging.num_samples]])
+        metrics, records = common.greedy_eval(sampler, state["policy"].params, s.tokenizer, data,
+                                              examples, rng, config.eval.batch_size, score_fn)
+        responses = [r["response"] for r in records]
+        metrics.update(response_stats(responses, [len(s.tokenizer.encode(r)) for r in responses],
+                                      delimiter))
+        writer.write_samples(step, [{"eval": True, **r} for r in records[:config.logging.num_samples]])
         return metrics
 
     return evaluate
@@ -581,7 +560,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     s = common.setup(config)
     run = make_run(config, s)
     data = tasks.as_data_config(config.data)
-    prompts = Prompts(s.tokenizer, data, prompt_examples(data, "train"), run.ppo.max_prompt_len)
+    prompts = Prompts(s.tokenizer, data, tasks.prompt_examples(data, "train"), run.ppo.max_prompt_len)
     chunk = run.sampling.prefill_chunk
     if 0 < chunk < prompts.width and prompts.width % chunk:
         raise ConfigError(f"config.sampling.prefill_chunk={chunk}: must divide the prompt width "
@@ -597,7 +576,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                s.mesh)
     writer = MetricsWriter(workdir)
     evaluate = make_evaluate(config, s, run.models.policy, writer, eval_rng,
-                             run.rewards.step_delimiter)
+                             run.rewards.step_delimiter, frozen)
 
     def on_restore(extra: dict) -> None:
         fresh = initial.pop()  # released here: a restored run must not keep a second copy

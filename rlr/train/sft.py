@@ -5,9 +5,10 @@
 Data: the problems of config.data.task (rlr.train.tasks.task_examples), prompt = the question
 in the tokenizer's chat format, response = the reference solution + eos; optionally packed
 into rows of config.sft.pack_length tokens. Every config.eval.every_steps updates: held-out
-loss and greedy accuracy on config.eval.num_problems held-out problems (samples to
-samples.jsonl). At the end the params are exported (WORKDIR/params) for the next stage:
-reward models and PPO / DPO load them with rlr.train.params_io.load_params.
+loss and greedy accuracy on config.eval.num_problems held-out problems, and the mean score of
+the reward model of config.eval.rm_source (samples to samples.jsonl). At the end the params are
+exported (WORKDIR/params) for the next stage: reward models and PPO / DPO load them with
+rlr.train.params_io.load_params.
 """
 from __future__ import annotations
 
@@ -93,9 +94,10 @@ def _eval_batches(rows: Rows, batch_size: int) -> list[Rows]:
 
 def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Transformer,
                   writer: MetricsWriter, rng: jax.Array):
-    """evaluate(state, step) -> {loss, perplexity, accuracy, response_length} on the held-out
-    problems (None when config.eval.num_problems is 0); writes config.logging.num_samples
-    greedy samples to samples.jsonl."""
+    """evaluate(state, step) -> {loss, perplexity, and common.greedy_eval's accuracy,
+    response_length (and rm_score with config.eval.rm_source)} on the held-out problems (None
+    when config.eval.num_problems is 0); writes config.logging.num_samples greedy samples to
+    samples.jsonl."""
     num = config.eval.num_problems
     if num == 0:
         return None
@@ -107,6 +109,7 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
     batches = [{k: v[mine] for k, v in batch.items()}
                for batch in _eval_batches(sft_rows(s.tokenizer, examples, data), batch_size)]
     sampler = Sampler(model, common.sampling_config(s.tokenizer, data, temperature=0.0), s.mesh)
+    score_fn = common.eval_scorer(config, s, examples, jax.random.fold_in(rng, 1))
     loss_fn = jax.jit(functools.partial(sft_step.eval_step, model=model,
                                         chunk_size=config.sft.chunk_size,
                                         aggregation=config.sft.aggregation))
@@ -118,16 +121,11 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
                 metrics = jax.device_get(loss_fn(state.params, shard_batch(batch, s.mesh)))
                 totals += float(metrics["loss"]) * float(metrics["num_tokens"])
                 tokens += float(metrics["num_tokens"])
-        accuracy, responses = common.task_accuracy(sampler, state.params, s.tokenizer, data,
-                                                   examples, rng, batch_size)
-        writer.write_samples(step, [
-            {"prompt": e.question, "response": r, "reference": e.answer,
-             "correct": tasks.answer_correct(data, e, r)}
-            for e, r in list(zip(examples, responses))[:config.logging.num_samples]])
+        metrics, records = common.greedy_eval(sampler, state.params, s.tokenizer, data, examples,
+                                              rng, batch_size, score_fn)
+        writer.write_samples(step, records[:config.logging.num_samples])
         loss = totals / max(tokens, 1.0)
-        lengths = [len(s.tokenizer.encode(r)) for r in responses]
-        return {"loss": loss, "perplexity": float(np.exp(loss)), "accuracy": accuracy,
-                "response_length": float(np.mean(lengths))}
+        return {"loss": loss, "perplexity": float(np.exp(loss)), **metrics}
 
     return evaluate
 

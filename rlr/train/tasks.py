@@ -109,7 +109,8 @@ def _record_example(task: str, record: Mapping[str, Any]) -> TaskExample:
     return TaskExample(record["question"], record["answer"], record["final_answer"])  # synthetic
 
 
-TASKS = ("synthetic", "gsm8k", "math")  # the tasks task_examples reads
+TASKS = ("synthetic", "gsm8k", "math")  # the tasks task_examples reads (each has an answer checker)
+PROMPT_TASKS = TASKS + ("hh_rlhf",)  # the tasks prompt_examples reads
 
 
 def task_examples(data: Any, split: str, limit: Optional[int] = None) -> list[TaskExample]:
@@ -133,6 +134,23 @@ def task_examples(data: Any, split: str, limit: Optional[int] = None) -> list[Ta
     source = load_split(d.task, name, d.data_dir, d.manual_dir or None)
     count = len(source) if limit is None else min(limit, len(source))
     return [_record_example(d.task, source[i]) for i in range(count)]
+
+
+def prompt_examples(data: Any, split: str, limit: Optional[int] = None) -> list[TaskExample]:
+    """The examples of a split ("train" | "eval") that a policy is prompted with: task_examples
+    for the tasks with answers; for task hh_rlhf, the HH-RLHF dialogues (the record's "prompt", up
+    to the last "Assistant:", as the question; its chosen reply as the solution; no answer)."""
+    d = as_data_config(data)
+    if d.task in TASKS:
+        return task_examples(d, split, limit)
+    if d.task != "hh_rlhf":
+        raise ConfigError(f"config.data.task={d.task!r}: expected one of {PROMPT_TASKS}")
+    from rlr.data.datasets import load_split
+
+    source = load_split("hh_rlhf", d.train_split if split == "train" else d.eval_split,
+                        d.data_dir, d.manual_dir or None)
+    count = len(source) if limit is None else min(limit, len(source))
+    return [TaskExample(source[i]["prompt"], source[i]["chosen"], "") for i in range(count)]
 
 
 def answer_correct(data: Any, example: TaskExample, response: str) -> bool:
