@@ -19,6 +19,7 @@ from rlr.parallel import make_mesh
 from rlr.parallel.memory import (activation_bytes, kv_cache_bytes, param_bytes,
                                  sampler_activation_bytes, scoring_activation_bytes)
 from rlr.train import common, params_io, ppo, sft, tasks
+from rlr.train.checkpoint import CheckpointError
 from rlr.train.metrics import read_jsonl
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
@@ -151,18 +152,21 @@ def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path, caplog):
 
 def test_eval_rm_score_reuses_the_runs_orm(sft_dir, tmp_path, monkeypatch):
     """config.eval.rm_source = config.rewards.orm_source: the greedy replies are scored with the
-    run's ORM params (no second copy is loaded); eval/rm_score is the mean of their scores."""
+    run's ORM params (no second copy is loaded); eval/rm_score is the mean of their scores. The
+    SFT export (a language model) as either source is refused, not scored with a random head."""
     orm_dir = str(tmp_path / "orm")  # an ORM: the SFT decoder, a fresh score head
     params_io.export_params(orm_dir, params_io.load_params(
         Transformer(get_config("tiny"), head="score"), sft_dir, make_mesh(), jax.random.key(4)))
+    sources = {"rewards.orm_source": orm_dir, "rewards.orm_weight": 1.0, "eval.rm_source": orm_dir,
+               "eval.num_problems": 8, "eval.batch_size": 8}
+    for key in ("rewards.orm_source", "eval.rm_source"):
+        with pytest.raises(CheckpointError, match=rf"^config\.{key}='.*sft.*exported a language"):
+            ppo.train(ppo_config(sft_dir, **{**sources, key: sft_dir}), str(tmp_path / key))
     keys, load = [], params_io.load_params
     monkeypatch.setattr(params_io, "load_params",
                         lambda *args, key=None, **kw: keys.append(key) or load(*args, key=key, **kw))
     workdir = str(tmp_path / "ppo")
-    config = ppo_config(sft_dir, **{"ppo.num_iterations": 1, "rewards.orm_source": orm_dir,
-                                    "rewards.orm_weight": 1.0, "eval.num_problems": 8,
-                                    "eval.batch_size": 8, "eval.rm_source": orm_dir,
-                                    "logging.num_samples": 8})
+    config = ppo_config(sft_dir, **{**sources, "ppo.num_iterations": 1, "logging.num_samples": 8})
     ppo.train(config, workdir)
     assert keys.count("rewards.orm_source") == 1 and "eval.rm_source" not in keys
     evals = [line for line in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "eval/rm_score" in line]

@@ -228,6 +228,49 @@ def test_load_params_from_an_unfinished_run_names_the_run(mesh, tmp_path):
                               key="sft.init_source")
 
 
+def test_a_reward_model_source_must_hold_a_trained_score_head(mesh, tmp_path):
+    """reward_model=True (an ORM, PRM or eval RM, which score with the head they load) refuses a
+    source whose score head would be fresh noise: an LM export, a causal-LM Hugging Face
+    checkpoint (sharded, read from its index), none. It loads score exports and HF classifiers;
+    without it an LM export still gives a critic the SFT decoder and a fresh head."""
+    from hf_fixtures import make_hf_model, save_hf_model
+    from rlr.models.hf_io import read_hf_config
+    from rlr.train import params_io
+
+    lm, score = Transformer(get_config("tiny")), Transformer(get_config("tiny"), head="score")
+    sft, orm = str(tmp_path / "sft"), str(tmp_path / "orm")
+    params_io.export_params(sft, init_model_params(lm, jax.random.key(0), mesh))
+    exported = init_model_params(score, jax.random.key(1), mesh)
+    params_io.export_params(orm, exported)
+
+    def load(model, source, **kw):
+        return params_io.load_params(model, source, mesh, jax.random.key(2),
+                                     key="rewards.orm_source", **kw)
+
+    loaded = load(score, orm, reward_model=True)
+    np.testing.assert_array_equal(loaded["score_head"]["kernel"], exported["score_head"]["kernel"])
+    with pytest.raises(CheckpointError, match=r"^config.rewards.orm_source='.*sft': /.*sft: an rlr "
+                                              r"run that exported a language model \(head 'lm'\); "
+                                              r"a reward model scoring with it would read a random"):
+        load(score, sft, reward_model=True)
+    critic = load(score, sft)
+    assert critic["score_head"]["kernel"].shape == exported["score_head"]["kernel"].shape
+    with pytest.raises(CheckpointError, match=r"^config.rewards.orm_source='': a reward model "
+                                              r"needs a source"):
+        load(score, "", reward_model=True)
+
+    causal, classifier = tmp_path / "hf-lm", tmp_path / "hf-rm"
+    save_hf_model(make_hf_model("qwen2"), causal, max_shard_size="20KB")
+    rm = make_hf_model("qwen2-score", seed=1)
+    save_hf_model(rm, classifier)
+    hf_score = Transformer(read_hf_config(str(classifier)), head="score")
+    with pytest.raises(CheckpointError, match=r"hf-lm: a Hugging Face causal LM \(no score.weight"):
+        load(hf_score, str(causal), reward_model=True)
+    np.testing.assert_array_equal(
+        np.ravel(load(hf_score, str(classifier), reward_model=True)["score_head"]["kernel"]),
+        rm.score.weight.detach().numpy().ravel())
+
+
 def test_params_source_is_the_first_key_set_and_errors_name_it(mesh):
     from rlr.train import params_io
 

@@ -321,6 +321,12 @@ def _weight_files(path: str) -> tuple[dict[str, str], str]:
     raise FileNotFoundError(f"{path}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
 
 
+def has_score_head(path: str) -> bool:
+    """Whether the Hugging Face checkpoint directory `path` holds a score head (score.weight, as a
+    *ForSequenceClassification reward model does), read from its safetensors index or header."""
+    return SCORE_WEIGHT in _weight_files(path)[0]
+
+
 def load_hf_checkpoint(path: str, mesh: Optional[jax.sharding.Mesh] = None,
                        config_overrides: Optional[Mapping[str, Any]] = None, head: str = "lm",
                        rng: Optional[jax.Array] = None) -> tuple[ModelConfig, dict]:

@@ -197,7 +197,7 @@ def eval_scorer(config: ml_collections.ConfigDict, s: Setup, examples: Sequence[
         params = loaded[os.path.abspath(source)]
     else:
         params = params_io.load_params(Transformer(s.model_config, head="score"), source, s.mesh,
-                                       rng, s.tokenizer, key="eval.rm_source")
+                                       rng, s.tokenizer, key="eval.rm_source", reward_model=True)
     d = as_data_config(config.data)
     prompts = [prompt_text(s.tokenizer, e.question, d.prompt_template) for e in examples]
     prompt_length = encode_prompts(s.tokenizer, prompts, d.prompt_bucket)[0].shape[1]

@@ -390,7 +390,8 @@ def _sampled_rounds(config: ml_collections.ConfigDict, c: DPOConfig, s: common.S
                                                     prefill_chunk=c.prefill_chunk), s.mesh)
     if c.rm_source:
         rm_params = params_io.load_params(Transformer(s.model_config, head="score"), c.rm_source,
-                                          s.mesh, rm_rng, s.tokenizer, key="dpo.rm_source")
+                                          s.mesh, rm_rng, s.tokenizer, key="dpo.rm_source",
+                                          reward_model=True)
         scorer = common.reward_model_scorer(s, rm_params, data, prompt_length, response_length,
                                             c.sample_batch_size * c.num_samples)
 

@@ -123,7 +123,8 @@ def config_source(config: Any, *keys: str) -> tuple[str, str]:
 
 
 def load_params(model: Transformer, source: Optional[str], mesh: jax.sharding.Mesh, rng: jax.Array,
-                tokenizer: Optional[Tokenizer] = None, key: Optional[str] = None) -> Any:
+                tokenizer: Optional[Tokenizer] = None, key: Optional[str] = None,
+                reward_model: bool = False) -> Any:
     """Sharded params of `model` from `source`:
     - None or "": a random init (rlr.parallel.init_model_params with `rng`);
     - an rlr run directory (holding params_info.json): the params it exported with
@@ -133,27 +134,44 @@ def load_params(model: Transformer, source: Optional[str], mesh: jax.sharding.Me
       SFT policy); "score" into "score" keeps everything;
     - a Hugging Face checkpoint directory (holding config.json): hf_io.load_hf_checkpoint
       (its shape must match model.config).
-    `tokenizer`, when given, must fit the vocabulary. Errors name the source, and the config
-    `key` that gave it when given (config_source).
+    `tokenizer`, when given, must fit the vocabulary. `reward_model`: the params score with the
+    head they hold (an ORM, PRM or Bradley-Terry RM), so a source without a trained score head (none,
+    an "lm" export, a causal-LM Hugging Face checkpoint) is an error, not a fresh random head.
+    Errors name the source, and the config `key` that gave it when given (config_source).
     """
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(f"load_params: the tokenizer has {tokenizer.vocab_size} ids, more than the "
                          f"model's vocab_size={model.config.vocab_size}")
-    if not source:
-        return init_model_params(model, rng, mesh)
     given = f"config.{key}={source!r}: " if key else ""
+    if not source:
+        if reward_model:
+            raise CheckpointError(f"{given}a reward model needs a source (a reward-model run or a "
+                                  f"Hugging Face sequence-classification checkpoint)")
+        return init_model_params(model, rng, mesh)
     source = os.path.abspath(source)
     if not os.path.isdir(source):
         raise CheckpointError(f"{given}{source}: no such directory (expected the workdir of an earlier "
                               f"rlr run, holding {PARAMS_INFO}, or a Hugging Face checkpoint directory)")
     if os.path.isfile(os.path.join(source, PARAMS_INFO)):
+        if reward_model and _read_params_info(source)["head"] != "score":
+            _no_score_head(given, source, "an rlr run that exported a language model (head 'lm')")
         return _load_export(model, source, mesh, rng)
     run_folder = any(os.path.exists(os.path.join(source, name))  # what `rlr` writes first
                      for name in ("checkpoints", "config.txt"))
     if os.path.isfile(os.path.join(source, "config.json")) and not run_folder:
+        from rlr.models.hf_io import has_score_head
+
+        if reward_model and not has_score_head(source):
+            _no_score_head(given, source, "a Hugging Face causal LM (no score.weight tensor)")
         return _load_hf(model, source, mesh, rng)
     raise CheckpointError(f"{given}{source}: holds neither {PARAMS_INFO} (an rlr run's export: did "
                           f"that run finish?) nor a Hugging Face config.json")
+
+
+def _no_score_head(given: str, source: str, what: str) -> None:
+    raise CheckpointError(f"{given}{source}: {what}; a reward model scoring with it would read a "
+                          f"random score head (expected the export of a reward-model run, "
+                          f"rlr/train/rm.py, or a Hugging Face *ForSequenceClassification checkpoint)")
 
 
 def _load_hf(model: Transformer, source: str, mesh, rng: jax.Array) -> Any:

@@ -472,7 +472,7 @@ def initial_state(config: ml_collections.ConfigDict, s: common.Setup, run: Run,
         if getattr(models, name) is not None:
             source, key = params_io.config_source(config, f"rewards.{name}_source")
             frozen[name] = params_io.load_params(getattr(models, name), source, s.mesh, keys[1],
-                                                 s.tokenizer, key=key)
+                                                 s.tokenizer, key=key, reward_model=True)
     state = {"policy": create_train_state(policy, make_optimizer(run.policy_optim), keys[2]),
              "rng": replicate(keys[3], s.mesh)}
     if models.critic is not None:
