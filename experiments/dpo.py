@@ -16,6 +16,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments import base
+from experiments.orm import hh_rlhf_data
 from experiments.ppo import HH_CHECKPOINT, HH_RM_RUN
 from experiments.sft import MATH_INSTRUCTION, QWEN_CHECKPOINT, eval_group
 from rlr.train.tasks import data_group
@@ -61,9 +62,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         # eval/rm_score, the Bradley-Terry RM's mean score of greedy replies to 256 test prompts.
         config.model = real_model(HH_CHECKPOINT)
         config.mesh = base.mesh(data=1, fsdp=-1)
-        config.data = data_group(task="hh_rlhf", tokenizer="", data_dir="data/tfds",
-                                 manual_dir="data/manual/hh_rlhf", eval_split="test",
-                                 prompt_bucket=64, response_bucket=64, max_response_len=256)
+        config.data = hh_rlhf_data()
         num_steps.set(2500)  # ~1 epoch of the 160k HH pairs at batch 64
         config.dpo = dpo_group(pairs="hh_rlhf", batch_size=64, beta=0.1, max_prompt_len=256,
                                eval_pairs=512)

@@ -30,7 +30,6 @@ def rm_group(kind: str, num_steps: ml_collections.FieldReference, batch_size: in
     c.init_source = init_source  # start from: an rlr run dir (SFT: decoder + fresh head), a HF dir; "" = model.hf_checkpoint
     c.data_path = data_path  # a labelled.jsonl or the workdir of a label run; "" = use rm.dataset
     c.dataset = dataset  # a load_split set instead: math_shepherd | prm800k (prm), hh_rlhf | preference_pairs
-    c.dataset_config = ""  # load_split config of rm.dataset (e.g. hh_rlhf "helpful_base"); "" = its default
     c.split = "train"  # the load_split split read from rm.dataset
     c.manual_dir = ""  # rm.dataset's upstream files; "" = config.data.manual_dir
     c.max_examples = 0  # > 0: read only the first this many records of rm.dataset
@@ -44,6 +43,17 @@ def rm_group(kind: str, num_steps: ml_collections.FieldReference, batch_size: in
     c.prm_aggregate = "min"  # best-of-N with a PRM: a response scores the min | product of its steps
     c.policy_source = ""  # best-of-N policy; "" = rm.init_source
     return c
+
+
+def hh_rlhf_data() -> ml_collections.ConfigDict:
+    """The data group of every HH-RLHF experiment (orm.py, dpo.py and ppo.py:hh_rlhf): the
+    upstream files in data/manual/hh_rlhf, one builder config (dataset_config, "" = all four
+    subsets), one prompt format and reply length, so that the RM is trained on and DPO and PPO
+    are measured on the same dialogues. Pick a subset for all three with
+    --config.data.dataset_config=helpful_base."""
+    return data_group(task="hh_rlhf", tokenizer="", data_dir="data/tfds",
+                      manual_dir="data/manual/hh_rlhf", eval_split="test", prompt_bucket=64,
+                      response_bucket=64, max_response_len=256)
 
 
 def rm_config(kind: str, variant: str, num_steps: int) -> ml_collections.ConfigDict:
@@ -81,9 +91,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         config.rm.batch_size = 64
         config.rm.max_prompt_len = 512
         config.rm.eval_fraction = 0.02
-        config.data = data_group(task="hh_rlhf", tokenizer="", data_dir="data/tfds",
-                                 manual_dir="data/manual/hh_rlhf", prompt_bucket=64,
-                                 response_bucket=64, max_response_len=256)
+        config.data = hh_rlhf_data()
         config.eval.num_problems = 0
         return config
     config = rm_config("orm", variant, num_steps=500)  # ~2 epochs of 2000 problems x 4 samples at batch 32

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import base, sft
+from experiments import base, orm, sft
 from rlr.train.tasks import data_group
 from rlr.train.ppo import ppo_group, rewards_group, sampling_group
 
@@ -107,9 +107,7 @@ def _hh_rlhf(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.model = base.model("", hf_checkpoint=HH_CHECKPOINT, param_dtype="float32",
                               dtype="bfloat16", remat="full")
     config.mesh = base.mesh(data=1, fsdp=-1)
-    config.data = data_group(task="hh_rlhf", tokenizer="", data_dir="data/tfds",
-                             manual_dir="data/manual/hh_rlhf", eval_split="test",
-                             prompt_bucket=64, response_bucket=64, max_response_len=256)
+    config.data = orm.hh_rlhf_data()
     config.sampling = sampling_group(temperature=1.0, top_k=200, num_samples=1)
     config.ppo = ppo_group(critic_source=HH_RM_RUN, num_iterations=300, prompts_per_iteration=512,
                            num_minibatches=4, epochs=1, gamma=1.0, gae_lambda=1.0,

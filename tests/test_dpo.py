@@ -115,23 +115,27 @@ def test_corrupt_labelled_file_is_a_one_line_error_naming_it(tmp_path, policy_di
         dpo.train(config, str(tmp_path / "run"))
 
 
-def test_dataset_pairs_format_a_prompt_as_the_rm_and_ppo_do(tmp_path):
+@pytest.mark.parametrize("subset", ["", "helpful-online"])
+def test_dataset_pairs_format_a_prompt_as_the_rm_and_ppo_do(tmp_path, subset):
     """An HH-RLHF record reads the same in DPO, the Bradley-Terry RM and PPO: its prompt is the
     user message of the chat format (plain here: the dialogue and a newline), so DPO and PPO
-    policies compared on HH are trained and scored on one prompt format."""
+    policies compared on HH are trained and scored on one prompt format; all three read the
+    subset of config.data.dataset_config ("": the four)."""
     tokenizer = CharTokenizer(CHAR_ALPHABET + "HAW")
-    dialogues = {subset: f"\n\nHuman: What is {i}+{i}?\n\nAssistant:"
-                 for i, subset in enumerate(HH_SUBSETS)}
-    for subset, dialogue in dialogues.items():
+    dialogues = {name: f"\n\nHuman: What is {i}+{i}?\n\nAssistant:"
+                 for i, name in enumerate(HH_SUBSETS)}
+    for name, dialogue in dialogues.items():
         for split in ("train", "test"):
-            (tmp_path / "manual" / subset).mkdir(parents=True, exist_ok=True)
-            with gzip.open(tmp_path / "manual" / subset / f"{split}.jsonl.gz", "wt") as f:
+            (tmp_path / "manual" / name).mkdir(parents=True, exist_ok=True)
+            with gzip.open(tmp_path / "manual" / name / f"{split}.jsonl.gz", "wt") as f:
                 f.write(json.dumps({"chosen": dialogue + " 4.", "rejected": dialogue + " 5."}) + "\n")
     data = tasks.DataConfig(task="hh_rlhf", data_dir=str(tmp_path / "tfds"),
-                            manual_dir=str(tmp_path / "manual"))
+                            manual_dir=str(tmp_path / "manual"),
+                            dataset_config=subset.replace("-", "_"))
+    read = [dialogues[subset]] if subset else list(dialogues.values())
 
-    pairs = preferences.dataset_pairs("hh_rlhf", "train", tokenizer, data, data.manual_dir, "")
-    assert pairs == [preferences.Pair(d + "\n", " 4.", " 5.") for d in dialogues.values()]
+    pairs = preferences.dataset_pairs("hh_rlhf", "train", tokenizer, data, data.manual_dir)
+    assert pairs == [preferences.Pair(d + "\n", " 4.", " 5.") for d in read]
     dpo_rows = preferences.encode_pairs(tokenizer, pairs, data)
     rm_group = orm_experiment.rm_group("orm", 10, dataset="hh_rlhf")
     rm_rows = rm.pair_rows(tokenizer, data, rm.read_dataset(rm_group, data)[0])

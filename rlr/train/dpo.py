@@ -14,7 +14,8 @@ Where pairs come from (config.dpo.pairs; rlr/train/preferences.py builds them):
   questions of the file (never trained on).
 - hh_rlhf | preference_pairs: the chosen / rejected replies of rlr.data.datasets.load_split
   (upstream files in config.dpo.data_path or config.data.manual_dir, prepared under
-  config.data.data_dir; splits config.data.train_split / eval_split); a record's prompt (HH's
+  config.data.data_dir; builder config config.data.dataset_config, splits
+  config.data.train_split / eval_split); a record's prompt (HH's
   "\\n\\nHuman: ... Assistant:") is the user message of config.data.prompt_template in the
   tokenizer's chat format, as the Bradley-Terry RM (rlr/train/rm.py) and PPO read it.
 - sampled: iterative DPO (Xiong et al. 2024, "Iterative Preference Learning from Human Feedback";
@@ -88,7 +89,6 @@ class DPOConfig:
     policy_source: str = ""  # initial policy = reference: rlr run dir, HF dir; "" = config.model.hf_checkpoint
     pairs: str = "corrupt"  # where pairs come from: corrupt | labelled | hh_rlhf | preference_pairs | sampled
     data_path: str = ""  # labelled: labelled.jsonl or its run dir; hh_rlhf / preference_pairs: upstream files ("" = config.data.manual_dir)
-    dataset_config: str = ""  # hh_rlhf: the builder config (all, helpful_base, ...); "" = the builder's default
     corruptions: tuple = FLAWED_MODES  # corrupt: the rlr.data.synthetic.corrupt modes of rejected solutions
     pairs_per_prompt: int = 1  # corrupt / labelled: the most pairs made of one question
     max_prompt_len: int = 0  # > 0: a longer prompt keeps its last this many tokens; 0: no limit
@@ -251,8 +251,8 @@ def _offline_pairs(config: ml_collections.ConfigDict, c: DPOConfig, tokenizer: T
         records = label.read_labelled(c.data_path, "dpo.data_path")
         grouped = labelled_pairs(records, tokenizer, data, c.pairs_per_prompt, config.seed)
         return hold_out(grouped, c.eval_pairs, config.seed)
-    train = dataset_pairs(c.pairs, data.train_split, tokenizer, data, c.data_path, c.dataset_config)
-    held = dataset_pairs(c.pairs, data.eval_split, tokenizer, data, c.data_path, c.dataset_config,
+    train = dataset_pairs(c.pairs, data.train_split, tokenizer, data, c.data_path)
+    held = dataset_pairs(c.pairs, data.eval_split, tokenizer, data, c.data_path,
                          limit=c.eval_pairs) if c.eval_pairs else []
     return train, held
 

@@ -332,13 +332,11 @@ def _copy(tree: Any) -> Any:
 # ----------------------------------------------------------------------------- metrics, samples
 
 
-def response_stats(texts: Sequence[str], lengths: Sequence[int], delimiter: str) -> dict:
-    """response_length (tokens), num_steps (steps split at `delimiter`) and repetition_rate
-    (share of steps repeating an earlier one, rlr.data.synthetic.repetition_rate), means."""
-    steps = [len(split_steps(t, delimiter)) for t in texts]
-    reps = [repetition_rate(t) for t in texts]
-    return {"response_length": float(np.mean(lengths)), "num_steps": float(np.mean(steps)),
-            "repetition_rate": float(np.mean(reps))}
+def step_stats(texts: Sequence[str], delimiter: str) -> dict:
+    """num_steps (steps split at `delimiter`) and repetition_rate (share of steps repeating an
+    earlier one, rlr.data.synthetic.repetition_rate) of responses, means."""
+    return {"num_steps": float(np.mean([len(split_steps(t, delimiter)) for t in texts])),
+            "repetition_rate": float(np.mean([repetition_rate(t) for t in texts]))}
 
 
 def sample_records(examples: Sequence[tasks.TaskExample], text: RolloutText, host: HostScores,
@@ -378,9 +376,7 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
     def evaluate(state, step: int) -> dict:
         metrics, records = common.greedy_eval(sampler, state["policy"].params, s.tokenizer, data,
                                               examples, rng, config.eval.batch_size, score_fn)
-        responses = [r["response"] for r in records]
-        metrics.update(response_stats(responses, [len(s.tokenizer.encode(r)) for r in responses],
-                                      delimiter))
+        metrics.update(step_stats([r["response"] for r in records], delimiter))
         writer.write_samples(step, [{"eval": True, **r} for r in records[:config.logging.num_samples]])
         return metrics
 
@@ -533,7 +529,9 @@ def make_step(config: ml_collections.ConfigDict, s: common.Setup, run: Run, froz
             state = keep_shardings(state, shardings)
             update_metrics = jax.device_get(update_metrics)
         metrics = {**jax.device_get(scored.metrics), **update_metrics, **timer.split()}
-        host_metrics = response_stats(text.responses, mask.sum(axis=1), rewards.step_delimiter)
+        host_metrics = {"response_length": float(np.mean(mask.sum(axis=1))),
+                        "num_steps": float(np.mean(text.num_steps)),
+                        "repetition_rate": float(np.mean(text.repetition))}
         host_metrics["invalid_token_rows"] = float(np.mean(text.invalid_tokens > 0))
         if needs_positions:
             host_metrics["steps_dropped"] = float(np.mean(text.steps_dropped))

@@ -103,12 +103,12 @@ def hold_out(grouped: dict[str, list[Pair]], num_eval: int, seed: int) -> tuple[
 
 
 def dataset_pairs(name: str, split: str, tokenizer: Tokenizer, data: Any, manual_dir: str,
-                  builder_config: str, limit: Optional[int] = None) -> list[Pair]:
+                  limit: Optional[int] = None) -> list[Pair]:
     """The pairs of a split of a preference dataset read with rlr.data.datasets.load_split
     (prepared under config.data.data_dir from the upstream files in `manual_dir`, or
-    config.data.manual_dir when it is ""): the record's
-    prompt as sequences.prompt_text formats it (as the Bradley-Terry RM and PPO read the same
-    record), its chosen and rejected replies. `limit`: the first `limit` only."""
+    config.data.manual_dir when it is ""; builder config config.data.dataset_config): the
+    record's prompt as sequences.prompt_text formats it (as the Bradley-Terry RM and PPO read
+    the same record), its chosen and rejected replies. `limit`: the first `limit` only."""
     from rlr.data.datasets import load_split
 
     d = tasks.as_data_config(data)
@@ -116,7 +116,7 @@ def dataset_pairs(name: str, split: str, tokenizer: Tokenizer, data: Any, manual
         raise ConfigError(f"config.dpo.pairs={name!r}: set config.data.data_dir (where load_split "
                           f"prepares the dataset)")
     source = load_split(name, split, d.data_dir, manual_dir or d.manual_dir or None,
-                        config=builder_config or None)
+                        config=d.dataset_config or None)
     count = len(source) if limit is None else min(limit, len(source))
     pairs = []
     for start in range(0, count, 1024):

@@ -18,7 +18,8 @@ Objectives (config.rm.kind, config.rm.orm_loss; rlr/train/rm_step.py):
 
 Data: config.rm.data_path, a labelled.jsonl (or a label run's workdir, rlr/train/label.py), or a
 rlr.data.datasets.load_split set config.rm.dataset (math_shepherd / prm800k for a PRM, hh_rlhf /
-preference_pairs for a Bradley-Terry RM) read from config.data.data_dir and config.rm.manual_dir.
+preference_pairs for a Bradley-Terry RM) read from config.data.data_dir and config.rm.manual_dir
+(builder config config.data.dataset_config).
 config.rm.eval_fraction of the questions (never split across the two sides) is held out:
 eval/accuracy (ORM: the verdict's sign matches the label; Bradley-Terry: pairs ranked right; PRM:
 steps right), eval/loss, and for a PRM eval/first_error_accuracy. At the end the params are
@@ -117,7 +118,7 @@ def read_dataset(rm: Any, data: Any) -> tuple[list, dict]:
         raise ConfigError(f"config.rm.dataset={rm.dataset!r}: set config.data.data_dir (where "
                           f"load_split prepares it)")
     source = load_split(rm.dataset, rm.split, d.data_dir, rm.manual_dir or d.manual_dir or None,
-                        config=rm.dataset_config or None)
+                        config=d.dataset_config or None)
     count = len(source) if rm.max_examples <= 0 else min(rm.max_examples, len(source))
     raw = source[:count]
     if DATASETS[rm.dataset] == "bradley_terry":

@@ -30,6 +30,7 @@ class DataConfig:
     needless_fraction: float = 0.0  # synthetic: share of train solutions with one needless correct step
     data_dir: str = ""  # real tasks: where load_split prepares its array_record files
     manual_dir: str = ""  # real tasks: the upstream files ("" = data_dir/downloads/manual)
+    dataset_config: str = ""  # real tasks: the load_split builder config (hh_rlhf: all | helpful_base | ...); "" = its default
     train_split: str = "train"  # real tasks: load_split split of the training data
     eval_split: str = "test"  # real tasks: load_split split of the held-out data
     prompt_template: str = "{question}"  # the user message; {question} is replaced
@@ -128,12 +129,20 @@ def task_examples(data: Any, split: str, limit: Optional[int] = None) -> list[Ta
         fraction = d.needless_fraction if split == "train" else 0.0
         return [TaskExample(p.question, solution, str(p.answer))
                 for p, solution in zip(problems, synthetic.with_needless_steps(problems, fraction, d.seed))]
+    return [_record_example(d.task, r) for r in _split_records(d, split, limit)]
+
+
+def _split_records(d: DataConfig, split: str, limit: Optional[int]) -> list[dict]:
+    """The first `limit` (None: all) records of config.data.train_split ("train") / eval_split
+    ("eval") of config.data.task, read with rlr.data.datasets.load_split from data_dir,
+    manual_dir and dataset_config."""
     from rlr.data.datasets import load_split
 
-    name = d.train_split if split == "train" else d.eval_split
-    source = load_split(d.task, name, d.data_dir, d.manual_dir or None)
-    count = len(source) if limit is None else min(limit, len(source))
-    return [_record_example(d.task, source[i]) for i in range(count)]
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}, expected one of {SPLITS}")
+    source = load_split(d.task, d.train_split if split == "train" else d.eval_split, d.data_dir,
+                        d.manual_dir or None, config=d.dataset_config or None)
+    return source[:len(source) if limit is None else min(limit, len(source))]
 
 
 def prompt_examples(data: Any, split: str, limit: Optional[int] = None) -> list[TaskExample]:
@@ -145,12 +154,7 @@ def prompt_examples(data: Any, split: str, limit: Optional[int] = None) -> list[
         return task_examples(d, split, limit)
     if d.task != "hh_rlhf":
         raise ConfigError(f"config.data.task={d.task!r}: expected one of {PROMPT_TASKS}")
-    from rlr.data.datasets import load_split
-
-    source = load_split("hh_rlhf", d.train_split if split == "train" else d.eval_split,
-                        d.data_dir, d.manual_dir or None)
-    count = len(source) if limit is None else min(limit, len(source))
-    return [TaskExample(source[i]["prompt"], source[i]["chosen"], "") for i in range(count)]
+    return [TaskExample(r["prompt"], r["chosen"], "") for r in _split_records(d, split, limit)]
 
 
 def answer_correct(data: Any, example: TaskExample, response: str) -> bool:
