@@ -256,13 +256,15 @@ def memory_lines(caplog) -> list[str]:
     return [m for m in caplog.messages if m.startswith("dpo: estimated memory a device: training ")]
 
 
-def record_estimates(monkeypatch) -> list[tuple[int, int]]:
-    """(references: frozen LM copies, prefill_chunk) of each DPO memory estimate, as it is made."""
+def record_estimates(monkeypatch) -> list[tuple[int, int, int]]:
+    """(references: frozen LM copies, reward_models, prefill_chunk) of each DPO memory estimate,
+    as it is made."""
     calls = []
 
-    def recording(*args, references=0, prefill_chunk=0, **kwargs):
-        calls.append((references, prefill_chunk))
-        return estimate_memory(*args, references=references, prefill_chunk=prefill_chunk, **kwargs)
+    def recording(*args, references=0, reward_models=0, prefill_chunk=0, **kwargs):
+        calls.append((references, reward_models, prefill_chunk))
+        return estimate_memory(*args, references=references, reward_models=reward_models,
+                               prefill_chunk=prefill_chunk, **kwargs)
 
     monkeypatch.setattr(dpo, "estimate_memory", recording)
     return calls
@@ -280,9 +282,10 @@ def test_offline_dpo_learns_the_pairs_and_evaluates(tmp_path, policy_dir, caplog
     workdir = str(tmp_path / "run")
     with caplog.at_level(logging.INFO, logger="rlr.train.common"):
         final = dpo.train(config, workdir)
-    # One memory estimate: the pairs have one shape, so the step compiles once.
+    # One memory estimate: the pairs have one shape, so the step compiles once; it counts the
+    # reference and the evaluation's reward model.
     assert len(memory_lines(caplog)) == 1 and "sampling" not in memory_lines(caplog)[0]
-    assert estimates == [(1, 0)]
+    assert estimates == [(1, 1, 0)]
     lines = [line for line in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in line]
     assert len(lines) == 24
     first = np.mean([line["rewards/margin"] for line in lines[:4]])
@@ -347,8 +350,9 @@ def test_iterative_ipo_runs_two_rounds_ranked_by_a_reward_model(tmp_path, policy
     with caplog.at_level(logging.INFO, logger="rlr.train.common"):
         final = dpo.train(config, workdir)
     assert len(memory_lines(caplog)) == 1 and "sampling" in memory_lines(caplog)[0]
-    # The refreshed reference and the initial one (held-out metrics); rounds prefill 8 tokens a pass.
-    assert estimates == [(2, 8)] and samplers == [8]
+    # The refreshed reference and the initial one (held-out metrics), the ranking RM; rounds
+    # prefill 8 tokens a pass.
+    assert estimates == [(2, 1, 8)] and samplers == [8]
     for r in (0, 1):
         pairs = preferences.read_pairs(dpo.round_file(workdir, r))
         assert len(pairs) == 8 and all(p.chosen != p.rejected for p in pairs)

@@ -150,7 +150,7 @@ def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path, caplog):
     assert samples and all(len(s["step_prm_scores"]) == len(s["step_rewards"]) >= 1 for s in samples)
 
 
-def test_eval_rm_score_reuses_the_runs_orm(sft_dir, tmp_path, monkeypatch):
+def test_eval_rm_score_reuses_the_runs_orm(sft_dir, tmp_path, monkeypatch, caplog):
     """config.eval.rm_source = config.rewards.orm_source: the greedy replies are scored with the
     run's ORM params (no second copy is loaded); eval/rm_score is the mean of their scores. The
     SFT export (a language model) as either source is refused, not scored with a random head."""
@@ -167,8 +167,18 @@ def test_eval_rm_score_reuses_the_runs_orm(sft_dir, tmp_path, monkeypatch):
                         lambda *args, key=None, **kw: keys.append(key) or load(*args, key=key, **kw))
     workdir = str(tmp_path / "ppo")
     config = ppo_config(sft_dir, **{**sources, "ppo.num_iterations": 1, "logging.num_samples": 8})
-    ppo.train(config, workdir)
+    with caplog.at_level(logging.INFO, logger="rlr.train.common"):
+        ppo.train(config, workdir)
     assert keys.count("rewards.orm_source") == 1 and "eval.rm_source" not in keys
+    # The memory estimate counts that ORM once (policy, reference; critic, ORM); a separate eval
+    # RM would be one more.
+    s = common.setup(config)
+    width = ppo.Prompts(s.tokenizer, config.data, tasks.prompt_examples(config.data, "train")).width
+    estimate = ppo.memory_estimate(s, ppo.make_run(config, s), width, config.data.max_response_len)
+    p_lm, p_score = param_bytes(s.model_config, s.mesh), param_bytes(s.model_config, s.mesh, "score")
+    assert estimate.params == 2 * p_lm + 2 * p_score
+    assert f"ppo: estimated memory a device: {estimate.brief()}" in caplog.messages
+    assert common.eval_rm_copies(config, [orm_dir]) == 0 and common.eval_rm_copies(config) == 1
     evals = [line for line in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "eval/rm_score" in line]
     assert [line["step"] for line in evals] == [0, 1]
     samples = read_jsonl(os.path.join(workdir, "samples.jsonl"))

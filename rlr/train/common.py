@@ -206,6 +206,16 @@ def eval_scorer(config: ml_collections.ConfigDict, s: Setup, examples: Sequence[
                                config.eval.batch_size)
 
 
+def eval_rm_copies(config: ml_collections.ConfigDict, loaded: Sequence[str] = ()) -> int:
+    """1 when the greedy evaluation keeps its own copy of config.eval.rm_source on the mesh for
+    the whole run (eval_scorer), else 0: the reward model a trainer's memory estimate adds.
+    `loaded`: the run's reward-model sources whose params eval_scorer reuses instead."""
+    source = config.eval.rm_source
+    if not source or not config.eval.num_problems:
+        return 0
+    return int(os.path.abspath(source) not in {os.path.abspath(p) for p in loaded if p})
+
+
 def greedy_eval(sampler: Sampler, params: Any, tokenizer: Tokenizer, data: Any,
                 examples: Sequence[TaskExample], rng: jax.Array, batch_size: int,
                 score_fn: Optional[TextScoreFn] = None) -> tuple[dict, list[dict]]:
