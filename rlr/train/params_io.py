@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import flax.linen as nn
 import jax
@@ -168,7 +168,7 @@ def load_params(model: Transformer, source: Optional[str], mesh: jax.sharding.Me
                           f"that run finish?) nor a Hugging Face config.json")
 
 
-def _no_score_head(given: str, source: str, what: str) -> None:
+def _no_score_head(given: str, source: str, what: str) -> NoReturn:
     raise CheckpointError(f"{given}{source}: {what}; a reward model scoring with it would read a "
                           f"random score head (expected the export of a reward-model run, "
                           f"rlr/train/rm.py, or a Hugging Face *ForSequenceClassification checkpoint)")
