@@ -22,7 +22,7 @@ def label_group(policy_source: str = "", num_problems: int = 512, num_samples: i
     """The label group: what the label loop (rlr/train/label.py) reads."""
     c = ml_collections.ConfigDict()
     c.policy_source = policy_source  # the policy: an rlr run dir (SFT), a HF dir; "" = config.model.hf_checkpoint (or random)
-    c.num_problems = num_problems  # label responses to the first this many train problems
+    c.num_problems = num_problems  # label responses to this many train problems (tasks.task_examples limit)
     c.num_samples = num_samples  # responses sampled a problem
     c.temperature = temperature  # sampling temperature (0: greedy, then num_samples copies)
     c.top_k = 0  # keep the k most likely tokens when sampling (0: off)

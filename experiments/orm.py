@@ -32,7 +32,7 @@ def rm_group(kind: str, num_steps: ml_collections.FieldReference, batch_size: in
     c.dataset = dataset  # a load_split set instead: math_shepherd | prm800k (prm), hh_rlhf | preference_pairs
     c.split = "train"  # the load_split split read from rm.dataset
     c.manual_dir = ""  # rm.dataset's upstream files; "" = config.data.manual_dir
-    c.max_examples = 0  # > 0: read only the first this many records of rm.dataset
+    c.max_examples = 0  # > 0: read only this many records of rm.dataset, spread evenly over it
     c.eval_fraction = 0.1  # share of the questions held out (with all their responses) for eval/*
     c.num_steps = num_steps  # optimizer updates (the schedule's optim.total_steps follows it)
     c.batch_size = batch_size  # responses (pairs: bradley_terry) an update, all hosts; multiple of data x fsdp

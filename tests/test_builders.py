@@ -14,7 +14,7 @@ import pytest
 from rlr.data.builders import DataFormatError, synthetic_builder_config
 from rlr.data.builders._io import RecordError, get_field
 from rlr.data.builders.math import last_boxed
-from rlr.data.datasets import DataSource, load_split
+from rlr.data.datasets import DataSource, load_split, spread_indices
 
 
 def write_jsonl(path, records, gz=False):
@@ -425,3 +425,10 @@ def test_get_field_checks_presence_and_json_type():
         get_field({"a": True}, "a", int, "x.")
     with pytest.raises(RecordError, match="expected a JSON object at 'x', got list"):
         get_field([1], "a", int, "x.")
+
+
+def test_spread_indices_cover_the_split_evenly():
+    assert spread_indices(10, 4) == [0, 2, 5, 7]  # floor(i x 10 / 4)
+    assert spread_indices(8, 2) == [0, 4]
+    assert spread_indices(3, 5) == spread_indices(3, None) == [0, 1, 2]
+    assert spread_indices(0, 4) == []

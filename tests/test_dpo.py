@@ -120,7 +120,7 @@ def test_dataset_pairs_format_a_prompt_as_the_rm_and_ppo_do(tmp_path, subset):
     """An HH-RLHF record reads the same in DPO, the Bradley-Terry RM and PPO: its prompt is the
     user message of the chat format (plain here: the dialogue and a newline), so DPO and PPO
     policies compared on HH are trained and scored on one prompt format; all three read the
-    subset of config.data.dataset_config ("": the four)."""
+    subset of config.data.dataset_config ("": the four), and a held-out sample spreads over them."""
     tokenizer = CharTokenizer(CHAR_ALPHABET + "HAW")
     dialogues = {name: f"\n\nHuman: What is {i}+{i}?\n\nAssistant:"
                  for i, name in enumerate(HH_SUBSETS)}
@@ -145,6 +145,11 @@ def test_dataset_pairs_format_a_prompt_as_the_rm_and_ppo_do(tmp_path, subset):
     ppo_prompts = ppo.Prompts(tokenizer, data, tasks.prompt_examples(data, "train"))
     np.testing.assert_array_equal(ppo_prompts.rows["tokens"], dpo_rows["prompt_tokens"])
     np.testing.assert_array_equal(ppo_prompts.rows["mask"], dpo_rows["prompt_mask"])
+    if not subset:  # 2 held out of the 4 records: 0 and 2 (harmless-base, helpful-online), not
+        spread = [read[0], read[2]]  # the first two
+        held = preferences.dataset_pairs("hh_rlhf", "test", tokenizer, data, data.manual_dir, limit=2)
+        assert [p.prompt for p in held] == [d + "\n" for d in spread]
+        assert [e.question for e in tasks.prompt_examples(data, "eval", limit=2)] == spread
 
 
 def test_best_worst_pairs_hand_example():

@@ -110,3 +110,13 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike, manual_dir: s
         if base not in available:
             raise ValueError(f"dataset {name!r} has no split {base!r}; its splits are {available}")
     return DataSource(builder.as_data_source(split))
+
+
+def spread_indices(size: int, limit: int | None) -> list[int]:
+    """`limit` record indices spread evenly over a split of `size` records, floor(i x size / limit)
+    for i < limit (all of range(size) when `limit` is None or >= size). A split stored subset
+    after subset (HH-RLHF's "all": harmless-base, then the three helpful ones) gives each subset
+    its share of such a sample, where its first `limit` records would all be harmless-base."""
+    if limit is None or limit >= size:
+        return list(range(size))
+    return [i * size // limit for i in range(limit)]

@@ -108,8 +108,9 @@ def dataset_pairs(name: str, split: str, tokenizer: Tokenizer, data: Any, manual
     (prepared under config.data.data_dir from the upstream files in `manual_dir`, or
     config.data.manual_dir when it is ""; builder config config.data.dataset_config): the
     record's prompt as sequences.prompt_text formats it (as the Bradley-Terry RM and PPO read
-    the same record), its chosen and rejected replies. `limit`: the first `limit` only."""
-    from rlr.data.datasets import load_split
+    the same record), its chosen and rejected replies. `limit`: that many, spread evenly over
+    the split (rlr.data.datasets.spread_indices: every HH subset has its share)."""
+    from rlr.data.datasets import load_split, spread_indices
 
     d = tasks.as_data_config(data)
     if not d.data_dir:
@@ -117,10 +118,10 @@ def dataset_pairs(name: str, split: str, tokenizer: Tokenizer, data: Any, manual
                           f"prepares the dataset)")
     source = load_split(name, split, d.data_dir, manual_dir or d.manual_dir or None,
                         config=d.dataset_config or None)
-    count = len(source) if limit is None else min(limit, len(source))
+    indices = spread_indices(len(source), limit)
     pairs = []
-    for start in range(0, count, 1024):
-        records = source.__getitems__(range(start, min(start + 1024, count)))
+    for start in range(0, len(indices), 1024):
+        records = source.__getitems__(indices[start:start + 1024])
         pairs.extend(Pair(sequences.prompt_text(tokenizer, r["prompt"], d.prompt_template),
                           r["chosen"], r["rejected"]) for r in records)
     return pairs

@@ -109,9 +109,10 @@ def _process_record(record: dict) -> tuple[Labelled, int]:
 
 
 def read_dataset(rm: Any, data: Any) -> tuple[list, dict]:
-    """The records of config.rm.dataset (split config.rm.split, the first config.rm.max_examples
-    when > 0): Labelled responses (PRM sets) or Pairs (preference sets), and counts to log."""
-    from rlr.data.datasets import load_split
+    """The records of config.rm.dataset (split config.rm.split; config.rm.max_examples of them
+    spread evenly over it when > 0, rlr.data.datasets.spread_indices): Labelled responses (PRM
+    sets) or Pairs (preference sets), and counts to log."""
+    from rlr.data.datasets import load_split, spread_indices
 
     d = tasks.as_data_config(data)
     if not d.data_dir:
@@ -119,8 +120,7 @@ def read_dataset(rm: Any, data: Any) -> tuple[list, dict]:
                           f"load_split prepares it)")
     source = load_split(rm.dataset, rm.split, d.data_dir, rm.manual_dir or d.manual_dir or None,
                         config=d.dataset_config or None)
-    count = len(source) if rm.max_examples <= 0 else min(rm.max_examples, len(source))
-    raw = source[:count]
+    raw = source.__getitems__(spread_indices(len(source), rm.max_examples if rm.max_examples > 0 else None))
     if DATASETS[rm.dataset] == "bradley_terry":
         return [Pair(r["prompt"], r["chosen"], r["rejected"]) for r in raw], {}
     converted = [_process_record(r) for r in raw]

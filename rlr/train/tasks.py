@@ -118,7 +118,8 @@ def task_examples(data: Any, split: str, limit: Optional[int] = None) -> list[Ta
     """The problems of a split ("train" | "eval") of config.data.task: the synthetic task's
     problems (synthetic_problems), or the GSM8K / MATH records of config.data.train_split /
     eval_split read with rlr.data.datasets.load_split (GSM8K calculator annotations removed
-    from the solutions). `limit`: the first `limit` problems only."""
+    from the solutions). `limit`: that many problems only, spread evenly over the split (the
+    first `limit` of the synthetic task's, drawn at random)."""
     d = as_data_config(data)
     if split not in SPLITS:
         raise ValueError(f"task_examples: split={split!r}, expected one of {SPLITS}")
@@ -133,16 +134,16 @@ def task_examples(data: Any, split: str, limit: Optional[int] = None) -> list[Ta
 
 
 def _split_records(d: DataConfig, split: str, limit: Optional[int]) -> list[dict]:
-    """The first `limit` (None: all) records of config.data.train_split ("train") / eval_split
-    ("eval") of config.data.task, read with rlr.data.datasets.load_split from data_dir,
-    manual_dir and dataset_config."""
-    from rlr.data.datasets import load_split
+    """`limit` records (None: all) spread evenly over config.data.train_split ("train") /
+    eval_split ("eval") of config.data.task (rlr.data.datasets.spread_indices), read with
+    load_split from data_dir, manual_dir and dataset_config."""
+    from rlr.data.datasets import load_split, spread_indices
 
     if split not in SPLITS:
         raise ValueError(f"split={split!r}, expected one of {SPLITS}")
     source = load_split(d.task, d.train_split if split == "train" else d.eval_split, d.data_dir,
                         d.manual_dir or None, config=d.dataset_config or None)
-    return source[:len(source) if limit is None else min(limit, len(source))]
+    return source.__getitems__(spread_indices(len(source), limit))
 
 
 def prompt_examples(data: Any, split: str, limit: Optional[int] = None) -> list[TaskExample]:
