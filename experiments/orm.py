@@ -16,6 +16,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments import base, sft
+from rlr.train.sequences import DIALOGUE_TEMPLATE
 from rlr.train.tasks import data_group
 
 VARIANTS = ("synthetic", "math", "gsm8k", "hh_rlhf")
@@ -50,10 +51,14 @@ def hh_rlhf_data() -> ml_collections.ConfigDict:
     upstream files in data/manual/hh_rlhf, one builder config (dataset_config, "" = all four
     subsets), one prompt format and reply length, so that the RM is trained on and DPO and PPO
     are measured on the same dialogues. Pick a subset for all three with
-    --config.data.dataset_config=helpful_base."""
+    --config.data.dataset_config=helpful_base. The prompt is the dialogue's Human / Assistant
+    turns as the chat's user / assistant messages (DIALOGUE_TEMPLATE, as TRL converts HH for
+    chat models); --config.data.prompt_template='{question}' puts the whole transcript in one
+    user message instead."""
     return data_group(task="hh_rlhf", tokenizer="", data_dir="data/tfds",
-                      manual_dir="data/manual/hh_rlhf", eval_split="test", prompt_bucket=64,
-                      response_bucket=64, max_response_len=256)
+                      manual_dir="data/manual/hh_rlhf", eval_split="test",
+                      prompt_template=DIALOGUE_TEMPLATE, prompt_bucket=64, response_bucket=64,
+                      max_response_len=256)
 
 
 def rm_config(kind: str, variant: str, num_steps: int) -> ml_collections.ConfigDict:

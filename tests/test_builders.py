@@ -220,6 +220,23 @@ def test_hh_rlhf_malformed_line_and_missing_subset(tmp_path):
         load("hh_rlhf", "train", tmp_path, config="all")
 
 
+def test_hh_dialogue_messages_one_a_turn():
+    from rlr.data.builders.hh_rlhf import dialogue_messages
+
+    assert dialogue_messages(TWO_TURNS) == [
+        {"role": "user", "content": "Hi there."},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Tell me a joke."}]
+    assert dialogue_messages("\n\nHuman: Line one.\nLine two:\n\nAssistant:") == [
+        {"role": "user", "content": "Line one.\nLine two:"}]
+    for bad in ("\n\nHuman: Hi.\n\nAssistant: Hello.",  # no empty Assistant turn to reply in
+                "\n\nAssistant: Hello.\n\nHuman: Hi.\n\nAssistant:",  # the assistant speaks first
+                "Hi.\n\nAssistant:",  # text before the first turn
+                "What is 2+2?"):
+        with pytest.raises(ValueError, match="expected an HH-RLHF dialogue"):
+            dialogue_messages(bad)
+
+
 # ----------------------------------------------------------------------------- Math-Shepherd
 
 SHEPHERD_INPUT = ("Janet has 16 eggs and eats 3. How many are left? Step 1: She has 16 eggs. ки\n"

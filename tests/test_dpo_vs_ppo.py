@@ -176,7 +176,11 @@ def test_colab_runs_on_the_quick_run(quick_run):
 
 HH_TURNS = [("Hi there.", " Hello! How can I help?", " Go away."), ("What is two plus two?", " Four.", " Five."),
             ("Tell me a joke.", " Why did the chicken cross the road?", " No."),
-            ("Where is Paris?", " In France.", " In Spain.")]
+            ("Where is Paris?\n\nAssistant: Which Paris?\n\nHuman: The one in Europe.", " In France.", " In Spain.")]
+# the last dialogue's prompt in ChatML, one message a turn (Qwen2.5's default system message first)
+PARIS_CHATML = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+                "<|im_start|>user\nWhere is Paris?<|im_end|>\n<|im_start|>assistant\nWhich Paris?<|im_end|>\n"
+                "<|im_start|>user\nThe one in Europe.<|im_end|>\n<|im_start|>assistant\n")
 
 
 def _hh_files(manual) -> None:
@@ -194,19 +198,63 @@ def _hh_files(manual) -> None:
 
 def _hh_checkpoint(path) -> None:
     """A random tiny Qwen2 with a byte-level BPE tokenizer.json (ChatML special tokens)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from hf_fixtures import make_hf_model, save_hf_model
 
+    vocab_size = _hh_tokenizer(path)
+    save_hf_model(make_hf_model("qwen2", seed=0, vocab_size=vocab_size), path)
+
+
+def _hh_tokenizer(path) -> int:
+    """Writes a byte-level BPE tokenizer.json trained on HH_TURNS (ChatML special tokens) and its
+    tokenizer_config.json to `path`; returns its vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    os.makedirs(path, exist_ok=True)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator([t for turn in HH_TURNS for t in turn] * 10, trainer=trainers.BpeTrainer(
         vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    save_hf_model(make_hf_model("qwen2", seed=0, vocab_size=tok.get_vocab_size()), path)
     tok.save(os.path.join(path, "tokenizer.json"))
     with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
         json.dump({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None}, f)
+    return tok.get_vocab_size()
+
+
+def test_hh_prompts_are_turns_and_replies_assistant_messages(tmp_path):
+    """The HH data group (experiments/orm.py:hh_rlhf_data) reads a dialogue's Human / Assistant
+    turns as ChatML messages and its replies without the space after "Assistant:", alike in
+    DPO's pairs, the Bradley-Terry RM's rows and PPO's prompts, so the RM scores replies as the
+    policy writes them; the plain format keeps the transcript and the space."""
+    from experiments import orm as orm_experiment
+    from rlr.data.tokenizer import CharTokenizer, load_tokenizer
+    from rlr.train import ppo, preferences, rm, sequences, tasks
+
+    _hh_tokenizer(tmp_path / "tok")
+    _hh_files(tmp_path / "manual")
+    tokenizer = load_tokenizer(str(tmp_path / "tok"))
+    data = orm_experiment.hh_rlhf_data()
+    data.data_dir, data.manual_dir, data.dataset_config = str(tmp_path / "tfds"), str(tmp_path / "manual"), "helpful_base"
+    pairs = preferences.dataset_pairs("hh_rlhf", "train", tokenizer, data, "")
+    assert pairs[-1] == preferences.Pair(PARIS_CHATML, "In France.", "In Spain.")
+    assert [p.chosen for p in pairs] == [c.lstrip() for _, c, _ in HH_TURNS]
+    dpo_rows = preferences.encode_pairs(tokenizer, pairs, data)
+    rm_rows = rm.pair_rows(tokenizer, data, rm.read_dataset(orm_experiment.rm_group("orm", 10, dataset="hh_rlhf"), data)[0])
+    for key in dpo_rows:
+        np.testing.assert_array_equal(dpo_rows[key], rm_rows[key], err_msg=key)
+    paris = dpo_rows["chosen_tokens"][-1][dpo_rows["chosen_mask"][-1]]
+    assert list(paris) == tokenizer.encode("In France.") + [tokenizer.eos_id] != tokenizer.encode(" In France.") + [tokenizer.eos_id]
+    ppo_prompts = ppo.Prompts(tokenizer, data, tasks.prompt_examples(data, "train"))
+    np.testing.assert_array_equal(ppo_prompts.rows["tokens"], dpo_rows["prompt_tokens"])
+    np.testing.assert_array_equal(ppo_prompts.rows["mask"], dpo_rows["prompt_mask"])
+
+    plain = CharTokenizer()
+    transcript = f"\n\nHuman: {HH_TURNS[-1][0]}\n\nAssistant:"
+    assert sequences.prompt_text(plain, transcript, sequences.DIALOGUE_TEMPLATE) == transcript
+    assert sequences.reply_text(plain, " In France.") == " In France."
+    with pytest.raises(ValueError, match="expected an HH-RLHF dialogue"):
+        sequences.prompt_text(plain, "What is 2+2?", sequences.DIALOGUE_TEMPLATE)
 
 
 def test_hh_rlhf_dpo_and_ppo_are_measured_alike(tmp_path):

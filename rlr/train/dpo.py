@@ -16,8 +16,9 @@ Where pairs come from (config.dpo.pairs; rlr/train/preferences.py builds them):
   (upstream files in config.dpo.data_path or config.data.manual_dir, prepared under
   config.data.data_dir; builder config config.data.dataset_config, splits
   config.data.train_split / eval_split); a record's prompt (HH's
-  "\\n\\nHuman: ... Assistant:") is the user message of config.data.prompt_template in the
-  tokenizer's chat format, as the Bradley-Terry RM (rlr/train/rm.py) and PPO read it.
+  "\\n\\nHuman: ... Assistant:") is sequences.prompt_text of config.data.prompt_template
+  (HH: its turns as the chat's messages) and its replies sequences.reply_text, as the
+  Bradley-Terry RM (rlr/train/rm.py) and PPO read them.
 - sampled: iterative DPO (Xiong et al. 2024, "Iterative Preference Learning from Human Feedback";
   Pang et al. 2024, "Iterative Reasoning Preference Optimization"). config.dpo.iterations rounds;
   each samples config.dpo.num_samples responses to config.dpo.prompts_per_iteration train

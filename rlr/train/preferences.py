@@ -108,7 +108,7 @@ def dataset_pairs(name: str, split: str, tokenizer: Tokenizer, data: Any, manual
     (prepared under config.data.data_dir from the upstream files in `manual_dir`, or
     config.data.manual_dir when it is ""; builder config config.data.dataset_config): the
     record's prompt as sequences.prompt_text formats it (as the Bradley-Terry RM and PPO read
-    the same record), its chosen and rejected replies. `limit`: that many, spread evenly over
+    the same record), its chosen and rejected replies as sequences.reply_text gives them. `limit`: that many, spread evenly over
     the split (rlr.data.datasets.spread_indices: every HH subset has its share)."""
     from rlr.data.datasets import load_split, spread_indices
 
@@ -123,7 +123,8 @@ def dataset_pairs(name: str, split: str, tokenizer: Tokenizer, data: Any, manual
     for start in range(0, len(indices), 1024):
         records = source.__getitems__(indices[start:start + 1024])
         pairs.extend(Pair(sequences.prompt_text(tokenizer, r["prompt"], d.prompt_template),
-                          r["chosen"], r["rejected"]) for r in records)
+                          sequences.reply_text(tokenizer, r["chosen"]),
+                          sequences.reply_text(tokenizer, r["rejected"])) for r in records)
     return pairs
 
 

@@ -27,11 +27,30 @@ from rlr.rewards.segment import split_steps, step_arrays, step_end_tokens
 log = logging.getLogger(__name__)
 
 
+DIALOGUE_TEMPLATE = "{dialogue}"  # config.data.prompt_template of HH-RLHF prompts kept as turns
+
+
 def prompt_text(tokenizer: Tokenizer, question: str, template: str = "{question}") -> str:
-    """The prompt of a question: the user message template.format(question=...) in the
-    tokenizer's chat format (plain: the message and a newline, i.e. Problem.prompt)."""
-    message = template.replace("{question}", question)
-    return tokenizer.apply_chat_template([{"role": "user", "content": message}])
+    """The prompt of a question in the tokenizer's chat format: the user message
+    template.format(question=...) (plain: the message and a newline, i.e. Problem.prompt); or,
+    with template DIALOGUE_TEMPLATE, the question is an HH-RLHF dialogue and each of its turns
+    one message (rlr.data.builders.hh_rlhf.dialogue_messages; plain: the dialogue verbatim,
+    ending in "Assistant:", as the DPO reference code reads it)."""
+    if template != DIALOGUE_TEMPLATE:
+        message = template.replace("{question}", question)
+        return tokenizer.apply_chat_template([{"role": "user", "content": message}])
+    from rlr.data.builders.hh_rlhf import dialogue_messages
+
+    messages = dialogue_messages(question)  # checks the format in every chat format
+    return question if tokenizer.chat_format == "plain" else tokenizer.apply_chat_template(messages)
+
+
+def reply_text(tokenizer: Tokenizer, reply: str) -> str:
+    """A dataset's reply as the policy would write it after prompt_text's prompt: in a chat
+    format the reply is the content of the assistant message the prompt opens, so it starts
+    without whitespace (HH-RLHF's replies keep the space that follows "Assistant:", which a chat
+    model does not write); plain: verbatim."""
+    return reply if tokenizer.chat_format == "plain" else reply.lstrip()
 
 
 def encode_prompts(tokenizer: Tokenizer, texts: Sequence[str], bucket: int,

@@ -10,6 +10,7 @@ import ml_collections
 
 from rlr.config import ConfigError, to_config_dict, to_dataclass
 from rlr.data import synthetic
+from rlr.train.sequences import DIALOGUE_TEMPLATE
 
 SPLITS = ("train", "eval")  # the splits of synthetic_problems
 
@@ -33,7 +34,7 @@ class DataConfig:
     dataset_config: str = ""  # real tasks: the load_split builder config (hh_rlhf: all | helpful_base | ...); "" = its default
     train_split: str = "train"  # real tasks: load_split split of the training data
     eval_split: str = "test"  # real tasks: load_split split of the held-out data
-    prompt_template: str = "{question}"  # the user message; {question} is replaced
+    prompt_template: str = "{question}"  # the user message, {question} replaced; "{dialogue}": HH-RLHF turns as messages (sequences.prompt_text)
     prompt_bucket: int = 16  # prompts are left-padded to a multiple of this many tokens
     response_bucket: int = 16  # responses are right-padded to a multiple of this many tokens
     max_response_len: int = 64  # longest response (tokens, eos included) trained on / sampled
@@ -42,9 +43,9 @@ class DataConfig:
         if self.task != "synthetic" and not self.data_dir:
             raise ConfigError(f"config.data.task={self.task!r}: set config.data.data_dir (where "
                               f"load_split prepares the dataset)")
-        if "{question}" not in self.prompt_template:
+        if "{question}" not in self.prompt_template and self.prompt_template != DIALOGUE_TEMPLATE:
             raise ConfigError(f"config.data.prompt_template={self.prompt_template!r}: expected a "
-                              f"'{{question}}' field")
+                              f"'{{question}}' field, or {DIALOGUE_TEMPLATE!r} (HH-RLHF turns)")
         if not 0.0 <= self.needless_fraction <= 1.0:
             raise ConfigError(f"config.data.needless_fraction={self.needless_fraction}: expected a "
                               f"share in [0, 1]")

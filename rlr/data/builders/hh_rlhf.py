@@ -5,7 +5,8 @@ Reads the upstream `<subset>/{train,test}.jsonl.gz`, lines {"chosen": "\\n\\nHum
 subset, prompt (the dialogue up to and including the last "\\n\\nAssistant:"), chosen and
 rejected (the final assistant replies, so prompt + chosen == chosen_full), chosen_full and
 rejected_full (the upstream texts). This is how the DPO reference code (Rafailov et al.,
-2023) splits prompt and reply.
+2023) splits prompt and reply. dialogue_messages turns a prompt into chat messages, one a
+turn (as TRL's hh-rlhf conversion does), for a chat model's template.
 
 A pair whose two dialogues differ before their last "\\n\\nAssistant:" is not a
 preference between two replies to one prompt; such pairs (a few in the upstream files)
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
+import re
 from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
@@ -24,7 +26,9 @@ import tensorflow_datasets as tfds
 from rlr.data.builders._base import TEXT, Example, ManualBuilder
 from rlr.data.builders._io import RecordError, get_field, parse_jsonl
 
-ASSISTANT_TURN = "\n\nAssistant:"
+HUMAN_TURN, ASSISTANT_TURN = "\n\nHuman:", "\n\nAssistant:"
+_TURN = re.compile(r"\n\n(Human|Assistant):")
+_ROLES = {"Human": "user", "Assistant": "assistant"}
 SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
 SPLITS = ("train", "test")
 _SHOWN_LINES = 10
@@ -38,6 +42,20 @@ def split_last_reply(dialogue: str, key: str) -> tuple[str, str]:
         raise RecordError(f"key {key!r} has no {ASSISTANT_TURN!r} turn")
     cut += len(ASSISTANT_TURN)
     return dialogue[:cut], dialogue[cut:]
+
+
+def dialogue_messages(prompt: str) -> list[dict[str, str]]:
+    """The turns of an HH prompt ("\\n\\nHuman: ...\\n\\nAssistant: ...\\n\\nHuman: ...
+    \\n\\nAssistant:") as chat messages, [{"role": "user" | "assistant", "content": the turn's
+    text, stripped}, ...]; the prompt's last, empty "Assistant:" turn is where the reply goes and
+    is not a message. Raises ValueError when the prompt does not end in that turn or does not
+    start with a Human turn."""
+    parts = _TURN.split(prompt)  # [text before the first turn, speaker, text, speaker, text, ...]
+    if parts[0].strip() or len(parts) < 5 or parts[1] != "Human" or parts[-2:] != ["Assistant", ""]:
+        raise ValueError(f"{prompt[:80]!r}...: expected an HH-RLHF dialogue, {HUMAN_TURN!r} turns "
+                         f"and {ASSISTANT_TURN!r} turns from a Human one to a last, empty Assistant one")
+    return [{"role": _ROLES[speaker], "content": text.strip()}
+            for speaker, text in zip(parts[1:-2:2], parts[2:-2:2])]
 
 
 def parse_hh_pair(record: dict) -> Example | None:
