@@ -39,7 +39,8 @@ def eval_group(every_steps: int = 200, num_problems: int = 64, batch_size: int =
     c.every_steps = every_steps  # evaluate every this many updates (and after the last); 0: only at the end
     c.num_problems = num_problems  # held-out problems evaluated; 0 disables evaluation
     c.batch_size = batch_size  # prompts a sampling call; a multiple of data x fsdp
-    c.rm_source = rm_source  # SFT / DPO / PPO: an outcome RM run dir scoring each greedy response (eval/rm_score); "" = none
+    c.rm_source = rm_source  # SFT / DPO / PPO: an outcome RM (rlr run, or HF checkpoint of its own shape) scoring each greedy response (eval/rm_score); "" = none
+    c.rm_tokenizer = ""  # the tokenizer (and chat format) rm_source reads replies with: a tokenizer file or checkpoint dir; "" = the policy's
     return c
 
 

@@ -50,6 +50,28 @@ def make_hf_model(kind: str, seed: int = 0, **config) -> torch.nn.Module:
     return randomize_(model_cls(hf_config).eval(), seed)
 
 
+def save_bpe_tokenizer(path, texts, vocab_size: int = 320) -> int:
+    """Writes a byte-level BPE tokenizer.json trained on `texts` (ChatML special tokens: a
+    Qwen2-style chat tokenizer) and its tokenizer_config.json to `path`; returns its vocabulary
+    size."""
+    import json
+    import os
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    os.makedirs(path, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(list(texts) * 10, trainer=trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.save(os.path.join(path, "tokenizer.json"))
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None}, f)
+    return tok.get_vocab_size()
+
+
 def save_hf_model(model: torch.nn.Module, path, max_shard_size=None) -> None:
     """save_pretrained as safetensors; `max_shard_size` (e.g. "20KB") splits it with an index."""
     kwargs = {} if max_shard_size is None else dict(max_shard_size=max_shard_size)

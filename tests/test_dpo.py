@@ -262,14 +262,14 @@ def memory_lines(caplog) -> list[str]:
 
 
 def record_estimates(monkeypatch) -> list[tuple[int, int, int]]:
-    """(references: frozen LM copies, reward_models, prefill_chunk) of each DPO memory estimate,
-    as it is made."""
+    """(references: frozen LM copies, reward models: ranking + evaluation's, prefill_chunk) of
+    each DPO memory estimate, as it is made."""
     calls = []
 
-    def recording(*args, references=0, reward_models=0, prefill_chunk=0, **kwargs):
-        calls.append((references, reward_models, prefill_chunk))
+    def recording(*args, references=0, reward_models=0, scorers=(), prefill_chunk=0, **kwargs):
+        calls.append((references, reward_models + len(scorers), prefill_chunk))
         return estimate_memory(*args, references=references, reward_models=reward_models,
-                               prefill_chunk=prefill_chunk, **kwargs)
+                               scorers=scorers, prefill_chunk=prefill_chunk, **kwargs)
 
     monkeypatch.setattr(dpo, "estimate_memory", recording)
     return calls

@@ -197,29 +197,11 @@ def _hh_files(manual) -> None:
 
 
 def _hh_checkpoint(path) -> None:
-    """A random tiny Qwen2 with a byte-level BPE tokenizer.json (ChatML special tokens)."""
-    from hf_fixtures import make_hf_model, save_hf_model
+    """A random tiny Qwen2 with a byte-level BPE tokenizer.json trained on HH_TURNS (ChatML)."""
+    from hf_fixtures import make_hf_model, save_bpe_tokenizer, save_hf_model
 
-    vocab_size = _hh_tokenizer(path)
+    vocab_size = save_bpe_tokenizer(path, [t for turn in HH_TURNS for t in turn])
     save_hf_model(make_hf_model("qwen2", seed=0, vocab_size=vocab_size), path)
-
-
-def _hh_tokenizer(path) -> int:
-    """Writes a byte-level BPE tokenizer.json trained on HH_TURNS (ChatML special tokens) and its
-    tokenizer_config.json to `path`; returns its vocabulary size."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    os.makedirs(path, exist_ok=True)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([t for turn in HH_TURNS for t in turn] * 10, trainer=trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tok.save(os.path.join(path, "tokenizer.json"))
-    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
-        json.dump({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None}, f)
-    return tok.get_vocab_size()
 
 
 def test_hh_prompts_are_turns_and_replies_assistant_messages(tmp_path):
@@ -228,10 +210,11 @@ def test_hh_prompts_are_turns_and_replies_assistant_messages(tmp_path):
     DPO's pairs, the Bradley-Terry RM's rows and PPO's prompts, so the RM scores replies as the
     policy writes them; the plain format keeps the transcript and the space."""
     from experiments import orm as orm_experiment
+    from hf_fixtures import save_bpe_tokenizer
     from rlr.data.tokenizer import CharTokenizer, load_tokenizer
     from rlr.train import ppo, preferences, rm, sequences, tasks
 
-    _hh_tokenizer(tmp_path / "tok")
+    save_bpe_tokenizer(tmp_path / "tok", [t for turn in HH_TURNS for t in turn])
     _hh_files(tmp_path / "manual")
     tokenizer = load_tokenizer(str(tmp_path / "tok"))
     data = orm_experiment.hh_rlhf_data()

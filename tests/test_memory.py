@@ -233,6 +233,9 @@ def test_estimate_parts_compose():
     assert ppo.gradients == max(p_lm, p_score)  # policy and critic gradients not alive at once
     rewarded = estimate_memory(CONFIG, **kw, with_critic=True, reward_models=2)  # ORM and PRM
     assert rewarded.params == p_lm + 3 * p_score and rewarded.optimizer_state == ppo.optimizer_state
+    judge = CONFIG.replace(hidden_size=2 * CONFIG.hidden_size, num_layers=CONFIG.num_layers + 1)
+    judged = estimate_memory(CONFIG, **kw, with_critic=True, scorers=[judge, CONFIG])  # own shapes
+    assert judged.params == p_lm + 2 * p_score + param_bytes(judge, (1, 2, 1), "score")
     dpo = estimate_memory(CONFIG, **kw, references=1, reference_dtype=jnp.bfloat16)
     assert dpo.params == p_lm + p_lm // 2 and dpo.optimizer_state == 2 * p_lm
     refreshed = estimate_memory(CONFIG, **kw, references=2)  # DPO refresh_reference: two copies

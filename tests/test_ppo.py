@@ -178,7 +178,8 @@ def test_eval_rm_score_reuses_the_runs_orm(sft_dir, tmp_path, monkeypatch, caplo
     p_lm, p_score = param_bytes(s.model_config, s.mesh), param_bytes(s.model_config, s.mesh, "score")
     assert estimate.params == 2 * p_lm + 2 * p_score
     assert f"ppo: estimated memory a device: {estimate.brief()}" in caplog.messages
-    assert common.eval_rm_copies(config, [orm_dir]) == 0 and common.eval_rm_copies(config) == 1
+    assert common.eval_reward_models(config, s.model_config, [orm_dir]) == []
+    assert common.eval_reward_models(config, s.model_config) == [s.model_config]
     evals = [line for line in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "eval/rm_score" in line]
     assert [line["step"] for line in evals] == [0, 1]
     samples = read_jsonl(os.path.join(workdir, "samples.jsonl"))

@@ -13,7 +13,7 @@ from flax import traverse_util
 from rlr.config import ConfigError, load_config
 from rlr.data import synthetic
 from rlr.models import Transformer
-from rlr.parallel.memory import format_bytes, param_bytes
+from rlr.parallel.memory import estimate_memory, format_bytes, param_bytes
 from rlr.train import common, params_io, sft, tasks
 from rlr.train.metrics import read_jsonl
 
@@ -118,3 +118,50 @@ def test_needless_fraction_adds_one_needless_correct_step_to_that_share_of_train
     assert tasks.task_examples(data, "eval") == tasks.task_examples(tasks.DataConfig(num_train=400), "eval")
     with pytest.raises(ConfigError, match="needless_fraction"):
         tasks.DataConfig(needless_fraction=1.5)
+
+
+def test_eval_rm_of_its_own_shape_and_tokenizer_scores_the_replies_as_text(init, tmp_path, monkeypatch):
+    """config.eval.rm_source may be a judge unlike the policy (the char-level tiny decoder): a
+    Hugging Face reward model of another shape with its own BPE tokenizer (config.eval.rm_tokenizer)
+    and chat format (ChatML). Each greedy reply's rm_score is transformers' score of the prompt in
+    the judge's format + the reply (the judge's tokens, eos, cut at max_response_len; this
+    tokenizer has no bos); the memory estimate counts the judge's params."""
+    import torch
+    from hf_fixtures import make_hf_model, save_bpe_tokenizer, save_hf_model
+    from rlr.data.tokenizer import load_tokenizer
+    from rlr.train import sequences
+
+    config = sft_config(2, init)
+    examples = tasks.task_examples(config.data, "train")
+    judge_dir = str(tmp_path / "judge")
+    vocab_size = save_bpe_tokenizer(judge_dir, [t for e in examples for t in (e.question, e.solution)])
+    judge = make_hf_model("qwen2-score", seed=3, vocab_size=vocab_size, hidden_size=48,
+                          intermediate_size=80, num_hidden_layers=3)
+    save_hf_model(judge, judge_dir)
+    config.eval.rm_source = config.eval.rm_tokenizer = judge_dir
+    config.eval.num_problems = config.logging.num_samples = 8
+    judges = []  # the scorers of each memory estimate
+
+    def recording(*args, scorers=(), **kwargs):
+        judges.extend(scorers)
+        return estimate_memory(*args, scorers=scorers, **kwargs)
+
+    monkeypatch.setattr(sft, "estimate_memory", recording)
+    workdir = str(tmp_path / "run")
+    final = sft.train(config, workdir)
+    assert [(c.hidden_size, c.num_layers, c.vocab_size) for c in judges] == [(48, 3, vocab_size)]
+    tokenizer = load_tokenizer(judge_dir)
+    assert tokenizer.chat_format == "chatml" and common.setup(config).tokenizer.chat_format == "plain"
+    replies = [r for r in read_jsonl(f"{workdir}/samples.jsonl") if "rm_score" in r]
+    assert len(replies) == 8
+    for reply in replies:
+        prompt = sequences.prompt_text(tokenizer, reply["prompt"], config.data.prompt_template)
+        assert prompt.startswith("<|im_start|>system\n")
+        response = (tokenizer.encode(reply["response"]) + [tokenizer.eos_id])[:config.data.max_response_len]
+        with torch.no_grad():
+            expected = float(judge(torch.tensor([tokenizer.encode(prompt) + response])).logits[0, 0])
+        assert reply["rm_score"] == pytest.approx(expected, abs=1e-4)
+    assert final["eval/rm_score"] == pytest.approx(np.mean([r["rm_score"] for r in replies]), abs=1e-6)
+    config.eval.rm_tokenizer = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match=r"^config\.eval\.rm_tokenizer='.*missing'"):
+        common.eval_rm_setup(config, common.setup(config))

@@ -452,6 +452,7 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
                     seq_len: int = 1024, *, optimizer: Any = "adamw", remat: Optional[str] = None,
                     with_critic: bool = False, references: int = 0,
                     reference_dtype: Any = None, reward_models: int = 0,
+                    scorers: Sequence[ModelConfig] = (),
                     rollout: Optional[tuple[int, int, int, int]] = None,
                     scoring: Optional[tuple[int, int]] = None, prefill_chunk: int = 0,
                     chunk_size: int = 128, donate: bool = True, head: str = "lm",
@@ -461,6 +462,8 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
 
       params          = P(head) [+ P(score) with_critic] + references x P_ref
                         + reward_models x P(score)   (frozen ORM / PRM of the same config)
+                        + sum of P(score) over `scorers`  (frozen score models of their own
+                                                        shapes: an evaluation's judge RM)
       optimizer_state = O(head) [+ O(score) with_critic]      (optimizer_state_bytes)
       gradients       = max(P(head), P(score)) and
       activations     = activation_bytes(head) (lm: >= the score head's, no logits there): the
@@ -496,7 +499,8 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
     trained = policy + critic
     ref_config = model_config.replace(param_dtype=reference_dtype or model_config.param_dtype)
     reference = references * param_bytes(ref_config, sizes, "lm", rules)
-    params = trained + reference + reward_models * param_bytes(model_config, sizes, "score", rules)
+    params = (trained + reference + reward_models * param_bytes(model_config, sizes, "score", rules)
+              + sum(param_bytes(c, sizes, "score", rules) for c in scorers))
     if not donate:
         params += trained
         opt *= 2

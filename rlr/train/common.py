@@ -149,6 +149,7 @@ def generate_texts(sampler: Sampler, params: Any, tokenizer: Tokenizer, prompts:
 
 
 TextScoreFn = Callable[[Sequence[str], Sequence[Sequence[str]]], list[list[float]]]
+EvalScoreFn = Callable[[Sequence[TaskExample], Sequence[str]], list[float]]
 
 
 def reward_model_scorer(s: Setup, rm_params: Any, data: Any, prompt_length: int,
@@ -184,41 +185,89 @@ def reward_model_scorer(s: Setup, rm_params: Any, data: Any, prompt_length: int,
     return score
 
 
+def eval_rm_model_config(config: ml_collections.ConfigDict, model_config: ModelConfig) -> ModelConfig:
+    """The shape config.eval.rm_source scores with: a Hugging Face checkpoint directory's own
+    (its config.json, with `model_config`'s dtypes, remat and attention), so a judge may be
+    larger than the policy or of another family; an rlr run's: `model_config` (config.model)."""
+    source = config.eval.rm_source
+    if not (source and params_io.is_hf_checkpoint(source)):
+        return model_config
+    from rlr.models.hf_io import read_hf_config
+
+    c = model_config
+    try:
+        return read_hf_config(source, param_dtype=c.param_dtype, dtype=c.dtype, remat=c.remat,
+                              attention=c.attention)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"config.eval.rm_source={source!r}: {e}") from None
+
+
+def eval_rm_setup(config: ml_collections.ConfigDict, s: Setup) -> Setup:
+    """The Setup config.eval.rm_source reads text with: its shape (eval_rm_model_config) and the
+    tokenizer of config.eval.rm_tokenizer ("" = the policy's), whose chat format its prompts
+    take. The policy's replies reach it as text."""
+    tokenizer = s.tokenizer
+    if config.eval.rm_tokenizer:
+        try:
+            tokenizer = load_tokenizer(config.eval.rm_tokenizer)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"config.eval.rm_tokenizer={config.eval.rm_tokenizer!r}: {e}") from None
+    model_config = eval_rm_model_config(config, s.model_config)
+    if model_config != s.model_config:
+        log.info("config.eval.rm_source=%r: a reward model of its own shape (%d layers, hidden %d, "
+                 "vocabulary %d) reading text with %s", config.eval.rm_source, model_config.num_layers,
+                 model_config.hidden_size, model_config.vocab_size,
+                 f"config.eval.rm_tokenizer={config.eval.rm_tokenizer!r}" if config.eval.rm_tokenizer
+                 else "the policy's tokenizer")
+    return s._replace(model_config=model_config, tokenizer=tokenizer)
+
+
 def eval_scorer(config: ml_collections.ConfigDict, s: Setup, examples: Sequence[TaskExample],
-                rng: jax.Array, loaded: Optional[Mapping[str, Any]] = None) -> Optional[TextScoreFn]:
-    """The reward_model_scorer of config.eval.rm_source for greedy responses to the held-out
-    `examples` (one compiled shape: their prompts' bucketed width, config.data.max_response_len
-    and config.eval.batch_size rows), or None when it is "". `loaded`: params already on the
-    mesh by source path (a PPO run's ORM), used instead of a second copy."""
+                rng: jax.Array, loaded: Optional[Mapping[str, Any]] = None) -> Optional[EvalScoreFn]:
+    """score(examples, responses) -> config.eval.rm_source's score of each greedy response to
+    one of the held-out `examples` (reward_model_scorer with eval_rm_setup's shape and tokenizer;
+    the prompt in that tokenizer's chat format; one compiled shape: the examples' prompts'
+    bucketed width, config.data.max_response_len and config.eval.batch_size rows), or None when
+    rm_source is "". `loaded`: params already on the mesh by source path (a PPO run's ORM), used
+    instead of a second copy."""
     source = config.eval.rm_source
     if not source:
         return None
+    judge = eval_rm_setup(config, s)
     if loaded and os.path.abspath(source) in loaded:
         params = loaded[os.path.abspath(source)]
     else:
-        params = params_io.load_params(Transformer(s.model_config, head="score"), source, s.mesh,
-                                       rng, s.tokenizer, key="eval.rm_source", reward_model=True)
+        params = params_io.load_params(Transformer(judge.model_config, head="score"), source, s.mesh,
+                                       rng, judge.tokenizer, key="eval.rm_source", reward_model=True)
     d = as_data_config(config.data)
-    prompts = [prompt_text(s.tokenizer, e.question, d.prompt_template) for e in examples]
-    prompt_length = encode_prompts(s.tokenizer, prompts, d.prompt_bucket)[0].shape[1]
-    return reward_model_scorer(s, params, d, prompt_length,
-                               bucket_length(d.max_response_len, d.response_bucket),
-                               config.eval.batch_size)
+
+    def prompts(chosen: Sequence[TaskExample]) -> list[str]:
+        return [prompt_text(judge.tokenizer, e.question, d.prompt_template) for e in chosen]
+
+    prompt_length = encode_prompts(judge.tokenizer, prompts(examples), d.prompt_bucket)[0].shape[1]
+    scorer = reward_model_scorer(judge, params, d, prompt_length,
+                                 bucket_length(d.max_response_len, d.response_bucket),
+                                 config.eval.batch_size)
+    return lambda chosen, responses: [row[0] for row in scorer(prompts(chosen), [[r] for r in responses])]
 
 
-def eval_rm_copies(config: ml_collections.ConfigDict, loaded: Sequence[str] = ()) -> int:
-    """1 when the greedy evaluation keeps its own copy of config.eval.rm_source on the mesh for
-    the whole run (eval_scorer), else 0: the reward model a trainer's memory estimate adds.
-    `loaded`: the run's reward-model sources whose params eval_scorer reuses instead."""
+def eval_reward_models(config: ml_collections.ConfigDict, model_config: ModelConfig,
+                       loaded: Sequence[str] = ()) -> list[ModelConfig]:
+    """[the shape of config.eval.rm_source] when the greedy evaluation keeps its own copy of it
+    on the mesh for the whole run (eval_scorer), else []: the reward model a trainer's memory
+    estimate adds (estimate_memory's `scorers`). `loaded`: the run's reward-model sources whose
+    params eval_scorer reuses instead."""
     source = config.eval.rm_source
     if not source or not config.eval.num_problems:
-        return 0
-    return int(os.path.abspath(source) not in {os.path.abspath(p) for p in loaded if p})
+        return []
+    if os.path.abspath(source) in {os.path.abspath(p) for p in loaded if p}:
+        return []
+    return [eval_rm_model_config(config, model_config)]
 
 
 def greedy_eval(sampler: Sampler, params: Any, tokenizer: Tokenizer, data: Any,
                 examples: Sequence[TaskExample], rng: jax.Array, batch_size: int,
-                score_fn: Optional[TextScoreFn] = None) -> tuple[dict, list[dict]]:
+                score_fn: Optional[EvalScoreFn] = None) -> tuple[dict, list[dict]]:
     """A policy's responses to held-out examples (with a greedy sampler: the responses the
     studies report) and their metrics: response_length (mean tokens), accuracy (the share whose
     final answer is right, answer_correct; tasks with an answer checker only) and rm_score (the
@@ -237,7 +286,7 @@ def greedy_eval(sampler: Sampler, params: Any, tokenizer: Tokenizer, data: Any,
         for record, c in zip(records, correct):
             record["correct"] = c
     if score_fn is not None:
-        scores = [row[0] for row in score_fn(prompts, [[r] for r in responses])]
+        scores = score_fn(examples, responses)
         metrics["rm_score"] = float(np.mean(scores))
         for record, v in zip(records, scores):
             record["rm_score"] = v

@@ -303,9 +303,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state["reference"] = reference
 
     references = (reference is not None) + ("reference" in state)  # the initial one stays too
-    # the sampled rounds' ranking RM, and the greedy evaluation's own copy of eval.rm_source
-    reward_models = (bool(sampled and c.rm_source)
-                     + (common.eval_rm_copies(config) if eval_examples else 0))
+    ranking_rm = bool(sampled and c.rm_source)  # the sampled rounds' ranking RM
+    # the greedy evaluation's own copy of eval.rm_source
+    eval_rms = common.eval_reward_models(config, s.model_config) if eval_examples else []
 
     @functools.cache
     def log_memory(seq_len: int, rollout: Optional[tuple[int, int, int, int]] = None) -> None:
@@ -313,7 +313,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         compiles), and of the rounds' sampling."""
         common.log_memory_estimate("dpo", estimate_memory(
             s.model_config, s.mesh, 2 * c.batch_size, seq_len, optimizer=optimizer,
-            references=references, reward_models=reward_models, rollout=rollout,
+            references=references, reward_models=ranking_rm, scorers=eval_rms, rollout=rollout,
             prefill_chunk=c.prefill_chunk, chunk_size=c.logprob_chunk), s.mesh)
 
     prompt_length = response_length = None

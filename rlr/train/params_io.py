@@ -122,6 +122,14 @@ def config_source(config: Any, *keys: str) -> tuple[str, str]:
     return "", keys[0]
 
 
+def is_hf_checkpoint(source: str) -> bool:
+    """Whether the directory `source` is a Hugging Face checkpoint (a config.json), not an rlr
+    run (params_info.json, or what `rlr` writes first: checkpoints/, config.txt)."""
+    return (os.path.isfile(os.path.join(source, "config.json"))
+            and not any(os.path.exists(os.path.join(source, name))
+                        for name in (PARAMS_INFO, "checkpoints", "config.txt")))
+
+
 def load_params(model: Transformer, source: Optional[str], mesh: jax.sharding.Mesh, rng: jax.Array,
                 tokenizer: Optional[Tokenizer] = None, key: Optional[str] = None,
                 reward_model: bool = False) -> Any:
@@ -156,9 +164,7 @@ def load_params(model: Transformer, source: Optional[str], mesh: jax.sharding.Me
         if reward_model and _read_params_info(source)["head"] != "score":
             _no_score_head(given, source, "an rlr run that exported a language model (head 'lm')")
         return _load_export(model, source, mesh, rng)
-    run_folder = any(os.path.exists(os.path.join(source, name))  # what `rlr` writes first
-                     for name in ("checkpoints", "config.txt"))
-    if os.path.isfile(os.path.join(source, "config.json")) and not run_folder:
+    if is_hf_checkpoint(source):
         from rlr.models.hf_io import has_score_head
 
         if reward_model and not has_score_head(source):

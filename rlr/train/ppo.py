@@ -49,7 +49,7 @@ import numpy as np
 from rlr.config import ConfigError, to_config_dict, to_dataclass
 from rlr.data.synthetic import repetition_rate
 from rlr.losses.ppo import running_stats_init
-from rlr.models import Transformer
+from rlr.models import ModelConfig, Transformer
 from rlr.parallel import host_local_rows, process_mean, replicate, shard_batch
 from rlr.parallel.memory import MemoryEstimate, estimate_memory
 from rlr.rewards.segment import split_steps
@@ -436,13 +436,13 @@ def make_run(config: ml_collections.ConfigDict, s: common.Setup) -> Run:
 
 
 def memory_estimate(s: common.Setup, run: Run, prompt_len: int, response_len: int,
-                    eval_reward_models: int = 0) -> MemoryEstimate:
+                    eval_reward_models: Sequence[ModelConfig] = ()) -> MemoryEstimate:
     """rlr.parallel.memory's bytes a device of an iteration: the rollout of
     ppo.prompts_per_iteration x num_samples responses of `response_len` tokens after prompts of
     `prompt_len` slots, its scoring (one of ppo.scoring_slices row slices at a time) and the
     update of one minibatch of those rows, with every model of the run alive (policy,
-    reference, critic with GAE, ORM, PRM and `eval_reward_models` more reward models, the
-    evaluation's: common.eval_rm_copies; all of config.model)."""
+    reference, critic with GAE, ORM and PRM of config.model, and the evaluation's reward models
+    of their own shapes, `eval_reward_models`: common.eval_reward_models)."""
     prompts, seq_len = run.ppo.prompts_per_iteration, prompt_len + response_len
     n = run.sampling.num_samples
     rows = prompts * n
@@ -450,7 +450,8 @@ def memory_estimate(s: common.Setup, run: Run, prompt_len: int, response_len: in
         s.model_config, s.mesh, rows // run.ppo.num_minibatches, seq_len,
         optimizer=make_optimizer(run.policy_optim), with_critic=run.update.use_critic,
         references=1,
-        reward_models=(run.models.orm is not None) + (run.models.prm is not None) + eval_reward_models,
+        reward_models=(run.models.orm is not None) + (run.models.prm is not None),
+        scorers=eval_reward_models,
         rollout=(prompts, prompt_len, response_len, n), prefill_chunk=run.sampling.prefill_chunk,
         scoring=(rows // run.ppo.scoring_slices, seq_len), chunk_size=run.ppo.logprob_chunk)
 
@@ -574,7 +575,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
              len(prompts.examples), prompts.width, size, run.sampling.num_samples, run.ppo.advantage)
     common.log_memory_estimate("ppo", memory_estimate(
         s, run, prompts.width, data.max_response_len,
-        common.eval_rm_copies(config, [run.rewards.orm_source])), s.mesh)
+        common.eval_reward_models(config, s.model_config, [run.rewards.orm_source])), s.mesh)
     writer = MetricsWriter(workdir)
     evaluate = make_evaluate(config, s, run.models.policy, writer, eval_rng,
                              run.rewards.step_delimiter, frozen)

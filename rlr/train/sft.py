@@ -147,7 +147,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batches = [batch_iterator(rows, c.batch_size, config.seed)]  # replaced on restore
     common.log_memory_estimate("sft", estimate_memory(
         s.model_config, s.mesh, c.batch_size, rows["tokens"].shape[1], optimizer=optimizer,
-        reward_models=common.eval_rm_copies(config), chunk_size=c.chunk_size), s.mesh)
+        scorers=common.eval_reward_models(config, s.model_config), chunk_size=c.chunk_size), s.mesh)
     step = jax.jit(functools.partial(sft_step.train_step, model=model, optimizer=optimizer,
                                      chunk_size=c.chunk_size, aggregation=c.aggregation),
                    donate_argnums=0)
