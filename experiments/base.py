@@ -83,7 +83,7 @@ def logging(every_steps: int = 10, num_samples: int = 4) -> ml_collections.Confi
     """The logging group: metrics and sample cadence."""
     c = ml_collections.ConfigDict()
     c.every_steps = every_steps  # write metrics.jsonl / TensorBoard every this many steps
-    c.num_samples = num_samples  # rollouts written to samples.jsonl at each logging step
+    c.num_samples = num_samples  # rollouts written to samples.jsonl at each logging step (evaluations write every reply)
     return c
 
 

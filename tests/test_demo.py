@@ -66,3 +66,11 @@ def test_colab_runs_on_the_quick_run(quick_run):
     outputs = notebooks.execute(COLAB, quick_run)
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
+    # Its hacked / clean samples are the last rollouts of each run, not the evaluation's replies.
+    text = "".join(o.get("text", "") for o in outputs)
+    for v in reward_hacking.VARIANTS:
+        with open(os.path.join(quick_run, f"ppo_{v}", "samples.jsonl")) as f:
+            rollouts = [r for r in map(json.loads, f) if not r.get("eval")]
+        last = [r for r in rollouts if r["step"] == rollouts[-1]["step"]]
+        assert f"{reward_hacking.LABELS[v]}: " in text
+        assert f" of {len(last)} samples repeat a step" in text.split(f"{reward_hacking.LABELS[v]}: ")[1].split("\n")[0]

@@ -283,7 +283,6 @@ def test_offline_dpo_learns_the_pairs_and_evaluates(tmp_path, policy_dir, caplog
     rm_model = make_hf_model("qwen2-score", seed=1, vocab_size=TOKENIZER.vocab_size)
     config.eval.rm_source = str(tmp_path / "rm")  # a random outcome reward model scores the replies
     save_hf_model(rm_model, config.eval.rm_source)
-    config.logging.num_samples = config.eval.num_problems  # every greedy reply in samples.jsonl
     workdir = str(tmp_path / "run")
     with caplog.at_level(logging.INFO, logger="rlr.train.common"):
         final = dpo.train(config, workdir)

@@ -18,6 +18,7 @@ from rlr.studies import dpo_vs_ppo, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLAB = os.path.join(ROOT, "colabs", "dpo_vs_ppo.ipynb")
+HH_COLAB = os.path.join(ROOT, "colabs", "hh_rlhf.ipynb")
 FACTORS_FILE = os.path.join(ROOT, "experiments", "ppo_factors.py")
 
 
@@ -259,7 +260,6 @@ def test_hh_rlhf_dpo_and_ppo_are_measured_alike(tmp_path):
         config.data.prompt_bucket = config.data.response_bucket = config.data.max_response_len = 16
         config.eval.num_problems, config.eval.batch_size, config.eval.every_steps = 8, 8, 0
         config.checkpoint.every_steps, config.logging.every_steps = 1000, 1
-        config.logging.num_samples = 8
         return config
 
     rm_run = str(tmp_path / "rm")
@@ -297,3 +297,15 @@ def test_hh_rlhf_dpo_and_ppo_are_measured_alike(tmp_path):
     assert len(dpo_replies) == 8 and [r[:2] for r in dpo_replies] == [r[:2] for r in ppo_replies]
     np.testing.assert_allclose([r[2] for r in dpo_replies], [r[2] for r in ppo_replies], atol=1e-5)
     assert dpo_score == pytest.approx(ppo_score, abs=1e-5)
+
+    # colabs/hh_rlhf.ipynb on the folder: the two runs that logged eval/rm_score (not the RM's),
+    # the score table, the curves and the win rates of the last evaluations.
+    outputs = notebooks.execute(HH_COLAB, str(tmp_path))
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "runs with eval/rm_score: ['dpo', 'ppo']" in text
+    tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+    scored = lambda r: "rm_score" in r  # noqa: E731
+    win = report.rm_win_rate(report.last_samples(dpo_run, scored), report.last_samples(ppo_run, scored))
+    assert f"| dpo | - | {win:.3f} |" in tables[-1] and f"| ppo | {1 - win:.3f} | - |" in tables[-1]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1

@@ -111,6 +111,7 @@ def test_ppo_raises_the_reward_and_logs_metrics_evals_and_samples(sft_dir, tmp_p
     samples = read_jsonl(os.path.join(workdir, "samples.jsonl"))
     rollout = [s for s in samples if not s.get("eval")]
     assert len(rollout) == 4 * config.logging.num_samples
+    assert len(samples) - len(rollout) == 2 * config.eval.num_problems  # every greedy reply, twice
     assert {"prompt", "response", "step_rewards", "step_prm_scores", "total_reward"} <= set(rollout[0])
     assert os.path.isfile(os.path.join(workdir, params_io.PARAMS_INFO))  # the policy is exported
 
@@ -166,7 +167,7 @@ def test_eval_rm_score_reuses_the_runs_orm(sft_dir, tmp_path, monkeypatch, caplo
     monkeypatch.setattr(params_io, "load_params",
                         lambda *args, key=None, **kw: keys.append(key) or load(*args, key=key, **kw))
     workdir = str(tmp_path / "ppo")
-    config = ppo_config(sft_dir, **{**sources, "ppo.num_iterations": 1, "logging.num_samples": 8})
+    config = ppo_config(sft_dir, **{**sources, "ppo.num_iterations": 1})
     with caplog.at_level(logging.INFO, logger="rlr.train.common"):
         ppo.train(config, workdir)
     assert keys.count("rewards.orm_source") == 1 and "eval.rm_source" not in keys

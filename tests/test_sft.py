@@ -139,7 +139,7 @@ def test_eval_rm_of_its_own_shape_and_tokenizer_scores_the_replies_as_text(init,
                           intermediate_size=80, num_hidden_layers=3)
     save_hf_model(judge, judge_dir)
     config.eval.rm_source = config.eval.rm_tokenizer = judge_dir
-    config.eval.num_problems = config.logging.num_samples = 8
+    config.eval.num_problems = 8
     judges = []  # the scorers of each memory estimate
 
     def recording(*args, scorers=(), **kwargs):

@@ -1,15 +1,17 @@
-"""Reading finished runs back: curves and final values from WORKDIR/metrics.jsonl, a markdown
-table, and line plots (one line a run). The studies (rlr/studies/*) and the colabs use these.
+"""Reading finished runs back: curves and final values from WORKDIR/metrics.jsonl, the greedy
+evaluation's replies from WORKDIR/samples.jsonl and a reward model's win rate between two runs,
+a markdown table, and line plots (one line a run). The studies (rlr/studies/*) and the colabs
+use these.
 """
 from __future__ import annotations
 
 import math
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from rlr.train.metrics import METRICS_FILE, read_jsonl
+from rlr.train.metrics import METRICS_FILE, SAMPLES_FILE, read_jsonl
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -44,6 +46,36 @@ def mean_of_last(lines: Sequence[Mapping], key: str, count: int) -> float:
     """Mean of the last `count` logged values of `key` (a less noisy end value); NaN if none."""
     _, values = curve(lines, key)
     return float(np.mean(values[-count:])) if len(values) else math.nan
+
+
+def last_samples(run_dir: str, keep: Callable[[Mapping], bool]) -> list[dict]:
+    """The records of RUN_DIR/samples.jsonl that `keep` accepts, at the last step that wrote
+    one, in the order written; [] when there are none. The greedy evaluation's replies:
+    keep = lambda r: "rm_score" in r (with config.eval.rm_source) or "correct" in r (tasks with
+    an answer checker; in the order of the held-out examples); PPO's rollouts:
+    lambda r: not r.get("eval")."""
+    path = os.path.join(run_dir, SAMPLES_FILE)
+    records = [r for r in read_jsonl(path) if keep(r)] if os.path.isfile(path) else []
+    last = max((r["step"] for r in records), default=None)
+    return [r for r in records if r["step"] == last]
+
+
+def rm_win_rate(a: Sequence[Mapping], b: Sequence[Mapping]) -> float:
+    """The share of held-out prompts on which run a's greedy reply outscores run b's under one
+    reward model, ties counting half: mean_i (1[s_a,i > s_b,i] + 1[s_a,i = s_b,i] / 2), over the
+    last evaluations' records (last_samples) of two runs evaluated on the same prompts (Xu et
+    al. 2024 report win rates judged by GPT-4; here the evaluation's reward model judges).
+    Raises ValueError when the records do not pair up prompt by prompt."""
+    if not a or len(a) != len(b):
+        raise ValueError(f"rm_win_rate: {len(a)} and {len(b)} replies; expected the same, non-zero "
+                         f"number (runs evaluated on the same held-out prompts)")
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x["prompt"] != y["prompt"]:
+            raise ValueError(f"rm_win_rate: reply {i} answers {x['prompt'][:60]!r} in one run and "
+                             f"{y['prompt'][:60]!r} in the other; expected the same held-out prompts")
+    wins = [float(x["rm_score"] > y["rm_score"]) + 0.5 * float(x["rm_score"] == y["rm_score"])
+            for x, y in zip(a, b)]
+    return float(np.mean(wins))
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]],

@@ -482,7 +482,7 @@ def _make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tr
     """evaluate(state, step) -> held-out pair metrics (pair_loss, pair_accuracy (implicit reward
     accuracy), pair_margin, pair_chosen, pair_rejected; always against the initial policy, so
     rounds with a refreshed reference stay comparable) and common.greedy_eval's accuracy,
-    response_length and rm_score (config.eval.rm_source) on `examples`; greedy samples to
+    response_length and rm_score (config.eval.rm_source) on `examples`; every greedy reply to
     samples.jsonl. None when there is nothing to evaluate."""
     if held_out is None and not examples:
         return None
@@ -516,7 +516,7 @@ def _make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tr
         if examples:
             metrics, records = common.greedy_eval(sampler, params, s.tokenizer, data, examples, rng,
                                                   batch_size, score_fn)
-            writer.write_samples(step, records[:config.logging.num_samples])
+            writer.write_samples(step, records)
             out.update(metrics)
         return out
 

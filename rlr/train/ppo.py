@@ -361,7 +361,7 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
     """evaluate(state, step) -> common.greedy_eval's metrics (accuracy for tasks with answers,
     response_length, rm_score with config.eval.rm_source) and num_steps, repetition_rate of
     greedy responses to config.eval.num_problems held-out problems (None when that is 0); writes
-    config.logging.num_samples of them to samples.jsonl. An eval.rm_source equal to
+    every one to samples.jsonl (rlr.studies.report.rm_win_rate pairs two runs' replies). An eval.rm_source equal to
     rewards.orm_source scores with the run's ORM params (`frozen`), not a second copy."""
     num = config.eval.num_problems
     if num == 0:
@@ -377,7 +377,7 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
         metrics, records = common.greedy_eval(sampler, state["policy"].params, s.tokenizer, data,
                                               examples, rng, config.eval.batch_size, score_fn)
         metrics.update(step_stats([r["response"] for r in records], delimiter))
-        writer.write_samples(step, [{"eval": True, **r} for r in records[:config.logging.num_samples]])
+        writer.write_samples(step, [{"eval": True, **r} for r in records])
         return metrics
 
     return evaluate

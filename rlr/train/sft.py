@@ -96,8 +96,7 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
                   writer: MetricsWriter, rng: jax.Array):
     """evaluate(state, step) -> {loss, perplexity, and common.greedy_eval's accuracy,
     response_length (and rm_score with config.eval.rm_source)} on the held-out problems (None
-    when config.eval.num_problems is 0); writes config.logging.num_samples greedy samples to
-    samples.jsonl."""
+    when config.eval.num_problems is 0); writes every greedy reply to samples.jsonl."""
     num = config.eval.num_problems
     if num == 0:
         return None
@@ -123,7 +122,7 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
                 tokens += float(metrics["num_tokens"])
         metrics, records = common.greedy_eval(sampler, state.params, s.tokenizer, data, examples,
                                               rng, batch_size, score_fn)
-        writer.write_samples(step, records[:config.logging.num_samples])
+        writer.write_samples(step, records)
         loss = totals / max(tokens, 1.0)
         return {"loss": loss, "perplexity": float(np.exp(loss)), **metrics}
 
