@@ -21,12 +21,12 @@ from rlr.config import ConfigError
 from rlr.data import synthetic
 from rlr.data.builders._io import DataFormatError
 from rlr.data.builders.hh_rlhf import SUBSETS as HH_SUBSETS
-from rlr.data.tokenizer import CHAR_ALPHABET, CharTokenizer
+from rlr.data.tokenizer import CHAR_ALPHABET, CharTokenizer, load_tokenizer
 from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler
 from rlr.train import dpo, dpo_step, label, params_io, ppo, preferences, rm, sequences, tasks
 from rlr.train.metrics import read_jsonl
-from hf_fixtures import make_hf_model, save_hf_model
+from hf_fixtures import make_hf_model, save_bpe_tokenizer, save_hf_model
 
 TOKENIZER = CharTokenizer()
 
@@ -339,15 +339,23 @@ def test_ipo_on_averaged_logps_hand_value():
 
 def test_iterative_ipo_runs_two_rounds_ranked_by_a_reward_model(tmp_path, policy_dir, caplog,
                                                                 monkeypatch):
+    """Two rounds ranked by a judge unlike the policy: a random Hugging Face reward model of another
+    shape with its own BPE tokenizer and chat format (ChatML; config.dpo.rm_tokenizer). Every
+    pair's chosen reply outscores its rejected one under transformers' forward of that judge."""
     estimates = record_estimates(monkeypatch)
     samplers = []  # the prefill_chunk of each sampler made
     monkeypatch.setattr(dpo, "Sampler", lambda model, sampling, mesh: samplers.append(
         sampling.prefill_chunk) or Sampler(model, sampling, mesh))
-    rm_dir = tmp_path / "rm"  # a random outcome reward model: its verdicts always differ
-    save_hf_model(make_hf_model("qwen2-score", seed=1, vocab_size=TOKENIZER.vocab_size), rm_dir)
+    rm_dir = str(tmp_path / "rm")  # a random outcome reward model: its verdicts always differ
+    examples = tasks.task_examples(tasks.DataConfig(num_train=64), "train")
+    save_bpe_tokenizer(rm_dir, [t for e in examples for t in (e.question, e.solution)])
+    judge_tokenizer = load_tokenizer(rm_dir)
+    judge = make_hf_model("qwen2-score", seed=1, vocab_size=judge_tokenizer.vocab_size, hidden_size=48,
+                          intermediate_size=80, num_hidden_layers=3)
+    save_hf_model(judge, rm_dir)
     config = _config(iterative_experiment, policy_dir, num_steps=4, iterations=2, loss="ipo",
                      prompts_per_iteration=8, num_samples=2, sample_batch_size=8, eval_pairs=0,
-                     rm_source=str(rm_dir), refresh_reference=True, prefill_chunk=8)
+                     rm_source=rm_dir, rm_tokenizer=rm_dir, refresh_reference=True, prefill_chunk=8)
     config.eval.num_problems = 0
     config.data.max_response_len = 24
     workdir = str(tmp_path / "run")
@@ -357,9 +365,21 @@ def test_iterative_ipo_runs_two_rounds_ranked_by_a_reward_model(tmp_path, policy
     # The refreshed reference and the initial one (held-out metrics), the ranking RM; rounds
     # prefill 8 tokens a pass.
     assert estimates == [(2, 1, 8)] and samplers == [8]
+    questions = {sequences.prompt_text(TOKENIZER, e.question, config.data.prompt_template): e.question
+                 for e in tasks.task_examples(config.data, "train")}
+
+    def judged(question: str, reply: str) -> float:  # prompt in ChatML, reply, eos (cut)
+        prompt = judge_tokenizer.encode(
+            sequences.prompt_text(judge_tokenizer, question, config.data.prompt_template))
+        response = (judge_tokenizer.encode(reply) + [judge_tokenizer.eos_id])[:config.data.max_response_len]
+        with torch.no_grad():
+            return float(judge(torch.tensor([prompt + response])).logits[0, 0])
+
     for r in (0, 1):
         pairs = preferences.read_pairs(dpo.round_file(workdir, r))
         assert len(pairs) == 8 and all(p.chosen != p.rejected for p in pairs)
+        for p in pairs:
+            assert judged(questions[p.prompt], p.chosen) > judged(questions[p.prompt], p.rejected)
     lines = [line for line in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in line]
     assert [line["round/pairs"] for line in lines] == [8.0] * 4
     # The reference is the policy at the start of each round: IPO's loss there is (0 - 1/(2 beta))^2.

@@ -164,4 +164,4 @@ def test_eval_rm_of_its_own_shape_and_tokenizer_scores_the_replies_as_text(init,
     assert final["eval/rm_score"] == pytest.approx(np.mean([r["rm_score"] for r in replies]), abs=1e-6)
     config.eval.rm_tokenizer = str(tmp_path / "missing")
     with pytest.raises(ConfigError, match=r"^config\.eval\.rm_tokenizer='.*missing'"):
-        common.eval_rm_setup(config, common.setup(config))
+        common.reward_model_setup(common.setup(config), judge_dir, config.eval.rm_tokenizer, "eval")

@@ -149,7 +149,7 @@ def generate_texts(sampler: Sampler, params: Any, tokenizer: Tokenizer, prompts:
 
 
 TextScoreFn = Callable[[Sequence[str], Sequence[Sequence[str]]], list[list[float]]]
-EvalScoreFn = Callable[[Sequence[TaskExample], Sequence[str]], list[float]]
+ExampleScoreFn = Callable[[Sequence[TaskExample], Sequence[Sequence[str]]], list[list[float]]]
 
 
 def reward_model_scorer(s: Setup, rm_params: Any, data: Any, prompt_length: int,
@@ -185,12 +185,12 @@ def reward_model_scorer(s: Setup, rm_params: Any, data: Any, prompt_length: int,
     return score
 
 
-def eval_rm_model_config(config: ml_collections.ConfigDict, model_config: ModelConfig) -> ModelConfig:
-    """The shape config.eval.rm_source scores with: a Hugging Face checkpoint directory's own
-    (its config.json, with `model_config`'s dtypes, remat and attention), so a judge may be
-    larger than the policy or of another family; an rlr run's: `model_config` (config.model)."""
-    source = config.eval.rm_source
-    if not (source and params_io.is_hf_checkpoint(source)):
+def reward_model_shape(source: str, model_config: ModelConfig, where: str) -> ModelConfig:
+    """The shape the reward model of config.{where}.rm_source scores with: a Hugging Face
+    checkpoint directory's own (its config.json, with `model_config`'s dtypes, remat and
+    attention), so a judge may be larger than the policy or of another family; an rlr run's:
+    `model_config` (config.model)."""
+    if not params_io.is_hf_checkpoint(source):
         return model_config
     from rlr.models.hf_io import read_hf_config
 
@@ -199,56 +199,64 @@ def eval_rm_model_config(config: ml_collections.ConfigDict, model_config: ModelC
         return read_hf_config(source, param_dtype=c.param_dtype, dtype=c.dtype, remat=c.remat,
                               attention=c.attention)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"config.eval.rm_source={source!r}: {e}") from None
+        raise ConfigError(f"config.{where}.rm_source={source!r}: {e}") from None
 
 
-def eval_rm_setup(config: ml_collections.ConfigDict, s: Setup) -> Setup:
-    """The Setup config.eval.rm_source reads text with: its shape (eval_rm_model_config) and the
-    tokenizer of config.eval.rm_tokenizer ("" = the policy's), whose chat format its prompts
-    take. The policy's replies reach it as text."""
-    tokenizer = s.tokenizer
-    if config.eval.rm_tokenizer:
+def reward_model_setup(s: Setup, source: str, tokenizer: str, where: str) -> Setup:
+    """The Setup the reward model of config.{where}.rm_source reads text with: its shape
+    (reward_model_shape) and the tokenizer config.{where}.rm_tokenizer names ("" = the
+    policy's), whose chat format its prompts take."""
+    rm_tokenizer = s.tokenizer
+    if tokenizer:
         try:
-            tokenizer = load_tokenizer(config.eval.rm_tokenizer)
+            rm_tokenizer = load_tokenizer(tokenizer)
         except (OSError, ValueError) as e:
-            raise ConfigError(f"config.eval.rm_tokenizer={config.eval.rm_tokenizer!r}: {e}") from None
-    model_config = eval_rm_model_config(config, s.model_config)
+            raise ConfigError(f"config.{where}.rm_tokenizer={tokenizer!r}: {e}") from None
+    model_config = reward_model_shape(source, s.model_config, where)
     if model_config != s.model_config:
-        log.info("config.eval.rm_source=%r: a reward model of its own shape (%d layers, hidden %d, "
-                 "vocabulary %d) reading text with %s", config.eval.rm_source, model_config.num_layers,
+        log.info("config.%s.rm_source=%r: a reward model of its own shape (%d layers, hidden %d, "
+                 "vocabulary %d) reading text with %s", where, source, model_config.num_layers,
                  model_config.hidden_size, model_config.vocab_size,
-                 f"config.eval.rm_tokenizer={config.eval.rm_tokenizer!r}" if config.eval.rm_tokenizer
-                 else "the policy's tokenizer")
-    return s._replace(model_config=model_config, tokenizer=tokenizer)
+                 f"config.{where}.rm_tokenizer={tokenizer!r}" if tokenizer else "the policy's tokenizer")
+    return s._replace(model_config=model_config, tokenizer=rm_tokenizer)
 
 
-def eval_scorer(config: ml_collections.ConfigDict, s: Setup, examples: Sequence[TaskExample],
-                rng: jax.Array, loaded: Optional[Mapping[str, Any]] = None) -> Optional[EvalScoreFn]:
-    """score(examples, responses) -> config.eval.rm_source's score of each greedy response to
-    one of the held-out `examples` (reward_model_scorer with eval_rm_setup's shape and tokenizer;
-    the prompt in that tokenizer's chat format; one compiled shape: the examples' prompts'
-    bucketed width, config.data.max_response_len and config.eval.batch_size rows), or None when
-    rm_source is "". `loaded`: params already on the mesh by source path (a PPO run's ORM), used
-    instead of a second copy."""
-    source = config.eval.rm_source
-    if not source:
-        return None
-    judge = eval_rm_setup(config, s)
+def judge_scorer(s: Setup, source: str, tokenizer: str, where: str, data: Any,
+                 examples: Sequence[TaskExample], rows_per_call: int, rng: jax.Array,
+                 loaded: Optional[Mapping[str, Any]] = None) -> ExampleScoreFn:
+    """score(examples, responses) -> the score the outcome reward model of
+    config.{where}.rm_source (tokenizer: config.{where}.rm_tokenizer; reward_model_setup) gives
+    each response, [len(examples)][n]: reward_model_scorer on the example's prompt in that
+    tokenizer's chat format and the response's text, so the judge need not share the policy's
+    shape or tokenizer. One compiled shape: the prompts of `examples` (every example it will
+    score) at their bucketed width, config.data.max_response_len, `rows_per_call` rows.
+    `loaded`: params already on the mesh by source path (a PPO run's ORM), used instead of a
+    second copy."""
+    judge = reward_model_setup(s, source, tokenizer, where)
     if loaded and os.path.abspath(source) in loaded:
         params = loaded[os.path.abspath(source)]
     else:
         params = params_io.load_params(Transformer(judge.model_config, head="score"), source, s.mesh,
-                                       rng, judge.tokenizer, key="eval.rm_source", reward_model=True)
-    d = as_data_config(config.data)
+                                       rng, judge.tokenizer, key=f"{where}.rm_source", reward_model=True)
+    d = as_data_config(data)
 
     def prompts(chosen: Sequence[TaskExample]) -> list[str]:
         return [prompt_text(judge.tokenizer, e.question, d.prompt_template) for e in chosen]
 
     prompt_length = encode_prompts(judge.tokenizer, prompts(examples), d.prompt_bucket)[0].shape[1]
     scorer = reward_model_scorer(judge, params, d, prompt_length,
-                                 bucket_length(d.max_response_len, d.response_bucket),
-                                 config.eval.batch_size)
-    return lambda chosen, responses: [row[0] for row in scorer(prompts(chosen), [[r] for r in responses])]
+                                 bucket_length(d.max_response_len, d.response_bucket), rows_per_call)
+    return lambda chosen, responses: scorer(prompts(chosen), responses)
+
+
+def eval_scorer(config: ml_collections.ConfigDict, s: Setup, examples: Sequence[TaskExample],
+                rng: jax.Array, loaded: Optional[Mapping[str, Any]] = None) -> Optional[ExampleScoreFn]:
+    """The judge_scorer of config.eval.rm_source for greedy responses to the held-out `examples`
+    (config.eval.batch_size rows a call), or None when it is ""."""
+    if not config.eval.rm_source:
+        return None
+    return judge_scorer(s, config.eval.rm_source, config.eval.rm_tokenizer, "eval", config.data,
+                        examples, config.eval.batch_size, rng, loaded)
 
 
 def eval_reward_models(config: ml_collections.ConfigDict, model_config: ModelConfig,
@@ -262,12 +270,12 @@ def eval_reward_models(config: ml_collections.ConfigDict, model_config: ModelCon
         return []
     if os.path.abspath(source) in {os.path.abspath(p) for p in loaded if p}:
         return []
-    return [eval_rm_model_config(config, model_config)]
+    return [reward_model_shape(source, model_config, "eval")]
 
 
 def greedy_eval(sampler: Sampler, params: Any, tokenizer: Tokenizer, data: Any,
                 examples: Sequence[TaskExample], rng: jax.Array, batch_size: int,
-                score_fn: Optional[EvalScoreFn] = None) -> tuple[dict, list[dict]]:
+                score_fn: Optional[ExampleScoreFn] = None) -> tuple[dict, list[dict]]:
     """A policy's responses to held-out examples (with a greedy sampler: the responses the
     studies report) and their metrics: response_length (mean tokens), accuracy (the share whose
     final answer is right, answer_correct; tasks with an answer checker only) and rm_score (the
@@ -286,7 +294,7 @@ def greedy_eval(sampler: Sampler, params: Any, tokenizer: Tokenizer, data: Any,
         for record, c in zip(records, correct):
             record["correct"] = c
     if score_fn is not None:
-        scores = score_fn(examples, responses)
+        scores = [row[0] for row in score_fn(examples, [[r] for r in responses])]
         metrics["rm_score"] = float(np.mean(scores))
         for record, v in zip(records, scores):
             record["rm_score"] = v

@@ -110,7 +110,8 @@ class DPOConfig:
     # sampler's prompt buckets are powers of two): the prefill's memory falls from ~P^2 to ~C P
     prefill_chunk: int = 0
     sample_batch_size: int = 32  # sampled: prompts a sampling / scoring call; a multiple of data x fsdp
-    rm_source: str = ""  # sampled: an ORM run dir that ranks the samples; "" = the answer checker
+    rm_source: str = ""  # sampled: an outcome RM (rlr run, or HF checkpoint of its own shape) that ranks the samples; "" = the answer checker
+    rm_tokenizer: str = ""  # the tokenizer (and chat format) rm_source reads samples with: a tokenizer file or checkpoint dir; "" = the policy's
     refresh_reference: bool = False  # sampled: the policy at the start of each round becomes the reference
     reference_chosen: bool = False  # sampled, checker-ranked: no correct sample -> reference solution over a sample
 
@@ -133,6 +134,8 @@ class DPOConfig:
              "power-of-two prompt buckets)"),
             (not self.rm_source or self.pairs == "sampled", "rm_source",
              "'' unless config.dpo.pairs='sampled' (it ranks sampled responses)"),
+            (not self.rm_tokenizer or self.rm_source, "rm_tokenizer",
+             "'' unless config.dpo.rm_source is set (the tokenizer that reward model reads)"),
             (not self.refresh_reference or self.pairs == "sampled", "refresh_reference",
              "False unless config.dpo.pairs='sampled' (the reference is refreshed each round)"),
             (not self.reference_chosen or (self.pairs == "sampled" and not self.rm_source),
@@ -178,19 +181,16 @@ def as_dpo_config(values: Any) -> DPOConfig:
 # ----------------------------------------------------------------------------- sampled pairs
 
 
-ScoreFn = Callable[[Sequence[tasks.TaskExample], Sequence[str], Sequence[Sequence[str]]], list[list[float]]]
-
-
-def checker_scores(data: Any) -> ScoreFn:
-    """score(examples, prompts, responses) -> 1 / 0 per response: tasks.answer_correct."""
-    def score(examples, prompts, responses):
+def checker_scores(data: Any) -> common.ExampleScoreFn:
+    """score(examples, responses) -> 1 / 0 per response: tasks.answer_correct."""
+    def score(examples, responses):
         return [[float(tasks.answer_correct(data, e, r)) for r in rs] for e, rs in zip(examples, responses)]
 
     return score
 
 
 def sample_pairs(sampler: Sampler, params: Any, tokenizer: Tokenizer, data: Any,
-                 examples: Sequence[tasks.TaskExample], score_fn: ScoreFn, rng: jax.Array,
+                 examples: Sequence[tasks.TaskExample], score_fn: common.ExampleScoreFn, rng: jax.Array,
                  batch_size: int, seed: Any, reference_chosen: bool = False
                  ) -> tuple[list[Pair], dict[str, float]]:
     """Sample sampler.config.num_samples responses to each example's prompt with `params`, score
@@ -201,7 +201,7 @@ def sample_pairs(sampler: Sampler, params: Any, tokenizer: Tokenizer, data: Any,
     d = tasks.as_data_config(data)
     prompts = [sequences.prompt_text(tokenizer, e.question, d.prompt_template) for e in examples]
     responses = common.generate_texts(sampler, params, tokenizer, prompts, rng, batch_size, d.prompt_bucket)
-    scores = score_fn(examples, prompts, responses)
+    scores = score_fn(examples, responses)
     references = [e.solution for e in examples] if reference_chosen else None
     pairs = best_worst_pairs(prompts, responses, scores, seed, references)
     mean = float(np.mean([v for row in scores for v in row])) if scores else 0.0
@@ -303,9 +303,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state["reference"] = reference
 
     references = (reference is not None) + ("reference" in state)  # the initial one stays too
-    ranking_rm = bool(sampled and c.rm_source)  # the sampled rounds' ranking RM
-    # the greedy evaluation's own copy of eval.rm_source
-    eval_rms = common.eval_reward_models(config, s.model_config) if eval_examples else []
+    # the sampled rounds' ranking RM, and the greedy evaluation's own copy of eval.rm_source
+    scorers = ([common.reward_model_shape(c.rm_source, s.model_config, "dpo")]
+               if sampled and c.rm_source else [])
+    scorers += common.eval_reward_models(config, s.model_config) if eval_examples else []
 
     @functools.cache
     def log_memory(seq_len: int, rollout: Optional[tuple[int, int, int, int]] = None) -> None:
@@ -313,7 +314,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         compiles), and of the rounds' sampling."""
         common.log_memory_estimate("dpo", estimate_memory(
             s.model_config, s.mesh, 2 * c.batch_size, seq_len, optimizer=optimizer,
-            references=references, reward_models=ranking_rm, scorers=eval_rms, rollout=rollout,
+            references=references, scorers=scorers, rollout=rollout,
             prefill_chunk=c.prefill_chunk, chunk_size=c.logprob_chunk), s.mesh)
 
     prompt_length = response_length = None
@@ -381,8 +382,8 @@ def _sampled_rounds(config: ml_collections.ConfigDict, c: DPOConfig, s: common.S
                     train_examples: Sequence[tasks.TaskExample],
                     eval_examples: Sequence[tasks.TaskExample], initial_params: Any,
                     sample_rng: jax.Array, rm_rng: jax.Array) -> _Sampling:
-    """The sampler and scorer of iterative DPO (the answer checker, or the ORM of
-    config.dpo.rm_source), and the held-out pairs: sampled once from the initial policy on the
+    """The sampler and scorer of iterative DPO (the answer checker, or common.judge_scorer of the
+    outcome reward model of config.dpo.rm_source), and the held-out pairs: sampled once from the initial policy on the
     held-out problems, sample_batch_size problems at a time until there are eval_pairs
     (deterministic, so a resumed run gets the same ones)."""
     all_prompts = [sequences.prompt_text(s.tokenizer, e.question, data.prompt_template)
@@ -392,17 +393,10 @@ def _sampled_rounds(config: ml_collections.ConfigDict, c: DPOConfig, s: common.S
     response_length = bucket_length(data.max_response_len, data.response_bucket)
     sampler = Sampler(model, common.sampling_config(s.tokenizer, data, c.temperature, c.num_samples,
                                                     prefill_chunk=c.prefill_chunk), s.mesh)
-    if c.rm_source:
-        rm_params = params_io.load_params(Transformer(s.model_config, head="score"), c.rm_source,
-                                          s.mesh, rm_rng, s.tokenizer, key="dpo.rm_source",
-                                          reward_model=True)
-        scorer = common.reward_model_scorer(s, rm_params, data, prompt_length, response_length,
-                                            c.sample_batch_size * c.num_samples)
-
-        def score_fn(examples, prompts, responses):  # the ORM reads the texts only
-            return scorer(prompts, responses)
-    else:
-        score_fn = checker_scores(data)
+    score_fn = (common.judge_scorer(s, c.rm_source, c.rm_tokenizer, "dpo", data,
+                                    list(train_examples) + list(eval_examples),
+                                    c.sample_batch_size * c.num_samples, rm_rng)
+                if c.rm_source else checker_scores(data))
 
     def make_round(r: int, policy_params: Any) -> tuple[list[Pair], dict]:
         examples = round_examples(train_examples, r, c.prompts_per_iteration, config.seed)
