@@ -212,6 +212,7 @@ def test_hh_prompts_are_turns_and_replies_assistant_messages(tmp_path):
     policy writes them; the plain format keeps the transcript and the space."""
     from experiments import orm as orm_experiment
     from hf_fixtures import save_bpe_tokenizer
+    from rlr.config import ConfigError
     from rlr.data.tokenizer import CharTokenizer, load_tokenizer
     from rlr.train import ppo, preferences, rm, sequences, tasks
 
@@ -239,6 +240,8 @@ def test_hh_prompts_are_turns_and_replies_assistant_messages(tmp_path):
     assert sequences.reply_text(plain, " In France.") == " In France."
     with pytest.raises(ValueError, match="expected an HH-RLHF dialogue"):
         sequences.prompt_text(plain, "What is 2+2?", sequences.DIALOGUE_TEMPLATE)
+    with pytest.raises(ConfigError, match=r"prompt_template='Q:'.*or '\{dialogue\}'"):
+        tasks.DataConfig(prompt_template="Q:")
 
 
 def test_hh_rlhf_dpo_and_ppo_are_measured_alike(tmp_path):
