@@ -220,12 +220,14 @@ def test_hh_prompts_are_turns_and_replies_assistant_messages(tmp_path):
     _hh_files(tmp_path / "manual")
     tokenizer = load_tokenizer(str(tmp_path / "tok"))
     data = orm_experiment.hh_rlhf_data()
-    data.data_dir, data.manual_dir, data.dataset_config = str(tmp_path / "tfds"), str(tmp_path / "manual"), "helpful_base"
+    data.data_dir, data.manual_dir = str(tmp_path / "tfds"), str(tmp_path / "manual")
+    data.dataset_config = "helpful_base"
     pairs = preferences.dataset_pairs("hh_rlhf", "train", tokenizer, data, "")
     assert pairs[-1] == preferences.Pair(PARIS_CHATML, "In France.", "In Spain.")
     assert [p.chosen for p in pairs] == [c.lstrip() for _, c, _ in HH_TURNS]
     dpo_rows = preferences.encode_pairs(tokenizer, pairs, data)
-    rm_rows = rm.pair_rows(tokenizer, data, rm.read_dataset(orm_experiment.rm_group("orm", 10, dataset="hh_rlhf"), data)[0])
+    rm_group = orm_experiment.rm_group("orm", 10, dataset="hh_rlhf")
+    rm_rows = rm.pair_rows(tokenizer, data, rm.read_dataset(rm_group, data)[0])
     for key in dpo_rows:
         np.testing.assert_array_equal(dpo_rows[key], rm_rows[key], err_msg=key)
     paris = dpo_rows["chosen_tokens"][-1][dpo_rows["chosen_mask"][-1]]

@@ -463,7 +463,7 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
       params          = P(head) [+ P(score) with_critic] + references x P_ref
                         + reward_models x P(score)   (frozen ORM / PRM of the same config)
                         + sum of P(score) over `scorers`  (frozen score models of their own
-                                                        shapes: an evaluation's judge RM)
+                                                        shapes: judges, rlr.train.common)
       optimizer_state = O(head) [+ O(score) with_critic]      (optimizer_state_bytes)
       gradients       = max(P(head), P(score)) and
       activations     = activation_bytes(head) (lm: >= the score head's, no logits there): the

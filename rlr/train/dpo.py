@@ -383,9 +383,9 @@ def _sampled_rounds(config: ml_collections.ConfigDict, c: DPOConfig, s: common.S
                     eval_examples: Sequence[tasks.TaskExample], initial_params: Any,
                     sample_rng: jax.Array, rm_rng: jax.Array) -> _Sampling:
     """The sampler and scorer of iterative DPO (the answer checker, or common.judge_scorer of the
-    outcome reward model of config.dpo.rm_source), and the held-out pairs: sampled once from the initial policy on the
-    held-out problems, sample_batch_size problems at a time until there are eval_pairs
-    (deterministic, so a resumed run gets the same ones)."""
+    outcome reward model of config.dpo.rm_source), and the held-out pairs: sampled once from the
+    initial policy on the held-out problems, sample_batch_size problems at a time until there
+    are eval_pairs (deterministic, so a resumed run gets the same ones)."""
     all_prompts = [sequences.prompt_text(s.tokenizer, e.question, data.prompt_template)
                    for e in list(train_examples) + list(eval_examples)]
     # One shape for every round: the longest prompt (cut pairs are padded back to it).

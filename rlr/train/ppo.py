@@ -361,8 +361,9 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
     """evaluate(state, step) -> common.greedy_eval's metrics (accuracy for tasks with answers,
     response_length, rm_score with config.eval.rm_source) and num_steps, repetition_rate of
     greedy responses to config.eval.num_problems held-out problems (None when that is 0); writes
-    every one to samples.jsonl (rlr.studies.report.rm_win_rate pairs two runs' replies). An eval.rm_source equal to
-    rewards.orm_source scores with the run's ORM params (`frozen`), not a second copy."""
+    every one to samples.jsonl (rlr.studies.report.rm_win_rate pairs two runs' replies). An
+    eval.rm_source equal to rewards.orm_source scores with the run's ORM params (`frozen`), not
+    a second copy."""
     num = config.eval.num_problems
     if num == 0:
         return None

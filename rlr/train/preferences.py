@@ -108,8 +108,9 @@ def dataset_pairs(name: str, split: str, tokenizer: Tokenizer, data: Any, manual
     (prepared under config.data.data_dir from the upstream files in `manual_dir`, or
     config.data.manual_dir when it is ""; builder config config.data.dataset_config): the
     record's prompt as sequences.prompt_text formats it (as the Bradley-Terry RM and PPO read
-    the same record), its chosen and rejected replies as sequences.reply_text gives them. `limit`: that many, spread evenly over
-    the split (rlr.data.datasets.spread_indices: every HH subset has its share)."""
+    the same record), its chosen and rejected replies as sequences.reply_text gives them.
+    `limit`: that many, spread evenly over the split (rlr.data.datasets.spread_indices: every HH
+    subset has its share)."""
     from rlr.data.datasets import load_split, spread_indices
 
     d = tasks.as_data_config(data)
