@@ -120,12 +120,14 @@ def test_needless_fraction_adds_one_needless_correct_step_to_that_share_of_train
         tasks.DataConfig(needless_fraction=1.5)
 
 
-def test_eval_rm_of_its_own_shape_and_tokenizer_scores_the_replies_as_text(init, tmp_path, monkeypatch):
+def test_eval_rm_of_its_own_shape_and_tokenizer_scores_the_replies_as_text(init, tmp_path, monkeypatch,
+                                                                            caplog):
     """config.eval.rm_source may be a judge unlike the policy (the char-level tiny decoder): a
     Hugging Face reward model of another shape with its own BPE tokenizer (config.eval.rm_tokenizer)
     and chat format (ChatML). Each greedy reply's rm_score is transformers' score of the prompt in
     the judge's format + the reply (the judge's tokens, eos, cut at max_response_len; this
-    tokenizer has no bos); the memory estimate counts the judge's params."""
+    tokenizer has no bos); the memory estimate counts the judge's params. A reply longer in the
+    judge's tokens is cut there, with a warning."""
     import torch
     from hf_fixtures import make_hf_model, save_bpe_tokenizer, save_hf_model
     from rlr.data.tokenizer import load_tokenizer
@@ -154,14 +156,25 @@ def test_eval_rm_of_its_own_shape_and_tokenizer_scores_the_replies_as_text(init,
     assert tokenizer.chat_format == "chatml" and common.setup(config).tokenizer.chat_format == "plain"
     replies = [r for r in read_jsonl(f"{workdir}/samples.jsonl") if "rm_score" in r]
     assert len(replies) == 8
-    for reply in replies:
-        prompt = sequences.prompt_text(tokenizer, reply["prompt"], config.data.prompt_template)
+
+    def judged(question: str, reply: str) -> float:
+        prompt = sequences.prompt_text(tokenizer, question, config.data.prompt_template)
         assert prompt.startswith("<|im_start|>system\n")
-        response = (tokenizer.encode(reply["response"]) + [tokenizer.eos_id])[:config.data.max_response_len]
+        response = (tokenizer.encode(reply) + [tokenizer.eos_id])[:config.data.max_response_len]
         with torch.no_grad():
-            expected = float(judge(torch.tensor([tokenizer.encode(prompt) + response])).logits[0, 0])
-        assert reply["rm_score"] == pytest.approx(expected, abs=1e-4)
+            return float(judge(torch.tensor([tokenizer.encode(prompt) + response])).logits[0, 0])
+
+    for reply in replies:
+        assert reply["rm_score"] == pytest.approx(judged(reply["prompt"], reply["response"]), abs=1e-4)
     assert final["eval/rm_score"] == pytest.approx(np.mean([r["rm_score"] for r in replies]), abs=1e-6)
+    held_out = tasks.task_examples(config.data, "eval", limit=8)
+    score = common.judge_scorer(common.setup(config), judge_dir, judge_dir, "eval", config.data,
+                                held_out, 8, jax.random.key(0))
+    long_reply = "é" * config.data.max_response_len  # two byte-level tokens a character
+    with caplog.at_level(logging.WARNING, logger="rlr.train.common"):
+        [[value]] = score(held_out[:1], [[long_reply]])
+    assert "1 of 1 replies take more than config.data.max_response_len" in caplog.text
+    assert value == pytest.approx(judged(held_out[0].question, long_reply), abs=1e-4)
     config.eval.rm_tokenizer = str(tmp_path / "missing")
     with pytest.raises(ConfigError, match=r"^config\.eval\.rm_tokenizer='.*missing'"):
         common.reward_model_setup(common.setup(config), judge_dir, config.eval.rm_tokenizer, "eval")

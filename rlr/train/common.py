@@ -246,7 +246,18 @@ def judge_scorer(s: Setup, source: str, tokenizer: str, where: str, data: Any,
     prompt_length = encode_prompts(judge.tokenizer, prompts(examples), d.prompt_bucket)[0].shape[1]
     scorer = reward_model_scorer(judge, params, d, prompt_length,
                                  bucket_length(d.max_response_len, d.response_bucket), rows_per_call)
-    return lambda chosen, responses: scorer(prompts(chosen), responses)
+
+    def score(chosen: Sequence[TaskExample], responses: Sequence[Sequence[str]]) -> list[list[float]]:
+        if judge.tokenizer is not s.tokenizer:  # the policy's replies fit its own tokens only
+            cut = sum(len(judge.tokenizer.encode(r)) >= d.max_response_len for rs in responses for r in rs)
+            if cut:
+                log.warning("config.%s.rm_source: %d of %d replies take more than "
+                            "config.data.max_response_len=%d tokens of config.%s.rm_tokenizer "
+                            "(eos included); it scores their first %d", where, cut,
+                            sum(map(len, responses)), d.max_response_len, where, d.max_response_len)
+        return scorer(prompts(chosen), responses)
+
+    return score
 
 
 def eval_scorer(config: ml_collections.ConfigDict, s: Setup, examples: Sequence[TaskExample],
