@@ -44,6 +44,14 @@ class Pair(NamedTuple):
     rejected: str
 
 
+def prompted_pair(tokenizer: Tokenizer, template: str, question: str, chosen: str,
+                  rejected: str) -> Pair:
+    """A dataset's preference as the models read it: sequences.prompt_text of the question
+    (config.data.prompt_template), sequences.reply_text of both replies."""
+    return Pair(sequences.prompt_text(tokenizer, question, template),
+                sequences.reply_text(tokenizer, chosen), sequences.reply_text(tokenizer, rejected))
+
+
 def corrupt_pairs(problems: Sequence[synthetic.Problem], tokenizer: Tokenizer, data: Any,
                   modes: Sequence[str], per_prompt: int, seed: int) -> list[Pair]:
     """Pairs of the synthetic task: each problem's reference solution over up to `per_prompt`
@@ -107,9 +115,8 @@ def dataset_pairs(name: str, split: str, tokenizer: Tokenizer, data: Any, manual
     """The pairs of a split of a preference dataset read with rlr.data.datasets.load_split
     (prepared under config.data.data_dir from the upstream files in `manual_dir`, or
     config.data.manual_dir when it is ""; builder config config.data.dataset_config): the
-    record's prompt as sequences.prompt_text formats it (as the Bradley-Terry RM and PPO read
-    the same record), its chosen and rejected replies as sequences.reply_text gives them.
-    `limit`: that many, spread evenly over the split (rlr.data.datasets.spread_indices: every HH
+    record's prompt and replies as prompted_pair gives them (as the Bradley-Terry RM and PPO
+    read the same record). `limit`: that many, spread evenly over the split (rlr.data.datasets.spread_indices: every HH
     subset has its share)."""
     from rlr.data.datasets import load_split, spread_indices
 
@@ -123,9 +130,8 @@ def dataset_pairs(name: str, split: str, tokenizer: Tokenizer, data: Any, manual
     pairs = []
     for start in range(0, len(indices), 1024):
         records = source.__getitems__(indices[start:start + 1024])
-        pairs.extend(Pair(sequences.prompt_text(tokenizer, r["prompt"], d.prompt_template),
-                          sequences.reply_text(tokenizer, r["chosen"]),
-                          sequences.reply_text(tokenizer, r["rejected"])) for r in records)
+        pairs.extend(prompted_pair(tokenizer, d.prompt_template, r["prompt"], r["chosen"],
+                                   r["rejected"]) for r in records)
     return pairs
 
 

@@ -235,13 +235,10 @@ def process_rows(tokenizer: Tokenizer, data: Any, records: Sequence[Labelled], m
 
 def pair_rows(tokenizer: Tokenizer, data: Any, pairs: Sequence[Pair], max_prompt_len: int = 0) -> Rows:
     """The fields of rlr.train.dpo_step.PairBatch for pairs (rlr.train.preferences.encode_pairs of
-    their questions in the prompt format of config.data, replies as sequences.reply_text gives
-    them): prompt_tokens / prompt_mask [N, P],
+    their preferences.prompted_pair): prompt_tokens / prompt_mask [N, P],
     chosen_* and rejected_* [N, R] (one R for both), pair_mask [N] (all True)."""
     d = tasks.as_data_config(data)
-    prompted = [preferences.Pair(sequences.prompt_text(tokenizer, p.question, d.prompt_template),
-                                 sequences.reply_text(tokenizer, p.chosen),
-                                 sequences.reply_text(tokenizer, p.rejected)) for p in pairs]
+    prompted = [preferences.prompted_pair(tokenizer, d.prompt_template, *p) for p in pairs]
     return preferences.encode_pairs(tokenizer, prompted, d, max_prompt_len,
                                     max_prompt_key="config.rm.max_prompt_len")
 
