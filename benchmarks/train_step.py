@@ -235,7 +235,7 @@ def rlr_program(step: str, config, shape: Shape, args, mesh, abstract: bool = Fa
                            critic_model=critic_model, policy_optim=optim, critic_optim=optim,
                            config=update, mesh=mesh)
     return (jax.jit(fn, donate_argnums=(0, 1)), [policy, critic, None, batch, jax.random.key(4)],
-            (0, 1), args.minibatches, estimate(with_critic=True))
+            (0, 1), args.minibatches, estimate(critic=config))
 
 
 def is_out_of_memory(error: Exception) -> bool:
@@ -362,7 +362,7 @@ def rlr_auto_rows(name: str, step: str, args) -> list[int]:
     mesh = make_mesh()
     fits = [b for b in candidates
             if estimate_memory(config, mesh, b, args.seq_len, chunk_size=args.chunk_size,
-                               with_critic=step == "ppo", references=int(step == "dpo"),
+                               critic=config if step == "ppo" else None, references=int(step == "dpo"),
                                reference_dtype=getattr(jnp, args.reference_dtype)).training
             <= MEMORY_HEADROOM * limit]
     return fits or candidates[-1:]

@@ -266,10 +266,10 @@ def record_estimates(monkeypatch) -> list[tuple[int, int, int]]:
     each DPO memory estimate, as it is made."""
     calls = []
 
-    def recording(*args, references=0, reward_models=0, scorers=(), prefill_chunk=0, **kwargs):
-        calls.append((references, reward_models + len(scorers), prefill_chunk))
-        return estimate_memory(*args, references=references, reward_models=reward_models,
-                               scorers=scorers, prefill_chunk=prefill_chunk, **kwargs)
+    def recording(*args, references=0, scorers=(), prefill_chunk=0, **kwargs):
+        calls.append((references, len(scorers), prefill_chunk))
+        return estimate_memory(*args, references=references, scorers=scorers,
+                               prefill_chunk=prefill_chunk, **kwargs)
 
     monkeypatch.setattr(dpo, "estimate_memory", recording)
     return calls

@@ -92,7 +92,7 @@ def alphabet_policy(tmp_path_factory) -> str:
     params["embed"]["embedding"] = params["embed"]["embedding"].at[:, 0].set(30.0)
     params["lm_head"] = params["lm_head"].at[0].set(head_row)
     workdir = str(tmp_path_factory.mktemp("policy"))
-    params_io.export_params(workdir, params)
+    params_io.export_params(workdir, params, s.model_config)
     return workdir
 
 

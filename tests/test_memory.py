@@ -22,9 +22,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rlr.models import Transformer, get_config
 from rlr.parallel import DEFAULT_RULES, abstract_sharded_params, make_mesh
-from rlr.parallel.memory import (MemoryEstimate, device_memory_limit, estimate_memory, format_bytes,
-                                 kv_cache_bytes, mesh_sizes, optimizer_state_bytes, param_bytes,
-                                 saved_bytes_per_token, scoring_activation_bytes)
+from rlr.parallel.memory import (MemoryEstimate, activation_bytes, device_memory_limit,
+                                 estimate_memory, format_bytes, kv_cache_bytes, mesh_sizes,
+                                 optimizer_state_bytes, param_bytes, saved_bytes_per_token,
+                                 scoring_activation_bytes)
 from rlr.parallel.mesh import abstract_params
 from rlr.sampling.generate import Sampler, SamplingConfig, generate
 from rlr.rewards.shaping import RewardSpec
@@ -58,11 +59,12 @@ def peak_bytes(analysis) -> int:
             + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
 
 
-def compiled_step(step, config, mesh, batch, seq_len, chunk, prompt_len=32, minibatches=4):
+def compiled_step(step, config, mesh, batch, seq_len, chunk, prompt_len=32, minibatches=4,
+                  critic_config=None):
     """(XLA's memory analysis, optimizer) of the jitted, state-donating SFT step (batch rows of
-    seq_len), DPO step (batch / 2 pairs), PPO update (policy and critic, `minibatches`
-    minibatches of `batch` rows) or ORM step (outcome BCE, score head) on `mesh`; DPO, PPO and
-    ORM rows are prompt_len + response tokens."""
+    seq_len), DPO step (batch / 2 pairs), PPO update (policy and a critic of `critic_config`,
+    default `config`; `minibatches` minibatches of `batch` rows) or ORM step (outcome BCE, score
+    head) on `mesh`; DPO, PPO and ORM rows are prompt_len + response tokens."""
     optim = OptimConfig()
     optimizer = make_optimizer(optim)
     policy_model = Transformer(config, head="score" if step == "rm" else "lm")
@@ -95,7 +97,7 @@ def compiled_step(step, config, mesh, batch, seq_len, chunk, prompt_len=32, mini
                                config=dpo_step.PreferenceConfig(logprob_chunk=chunk))
         args, donated = (policy, policy_params, data), (0,)
     else:
-        critic_model = Transformer(config, head="score")
+        critic_model = Transformer(critic_config or config, head="score")
         critic = abstract_train_state(abstract_sharded_params(critic_model, mesh), optimizer,
                                       jax.random.key(2))
         n = batch * minibatches
@@ -136,22 +138,30 @@ def test_estimate_matches_compiled_sft_step(remat, mesh_shape, batch):
     assert est.total == est.training  # no KV cache asked for
 
 
-@pytest.mark.parametrize("step,remat,mesh_shape,batch,seq_len", [
-    ("dpo", "none", (1, 1, 1), 4, 128),   # the reference's forward beside the policy's pass
-    ("dpo", "full", (1, 4, 1), 8, 128),
-    ("ppo", "none", (1, 1, 1), 8, 256),   # policy and critic: one pass alive at a time
-    ("ppo", "dots", (2, 1, 2), 8, 128),
-    ("rm", "none", (1, 1, 1), 8, 128),    # a score head: no LM head, no logits
-    ("rm", "full", (1, 4, 1), 8, 128),
+BIG = CONFIG.replace(hidden_size=384, intermediate_size=1536, num_layers=6, num_heads=6,
+                     head_dim=64)  # a critic / reward model larger than the policy: ~5x its params
+
+
+@pytest.mark.parametrize("step,remat,mesh_shape,batch,seq_len,critic", [
+    ("dpo", "none", (1, 1, 1), 4, 128, None),   # the reference's forward beside the policy's pass
+    ("dpo", "full", (1, 4, 1), 8, 128, None),
+    ("ppo", "none", (1, 1, 1), 8, 256, None),   # policy and critic: one pass alive at a time
+    ("ppo", "dots", (2, 1, 2), 8, 128, None),
+    ("ppo", "none", (1, 2, 1), 8, 128, BIG),    # a critic of its own, larger shape
+    ("rm", "none", (1, 1, 1), 8, 128, None),    # a score head: no LM head, no logits
+    ("rm", "full", (1, 4, 1), 8, 128, None),
 ])
-def test_estimate_matches_compiled_dpo_ppo_and_rm_steps(step, remat, mesh_shape, batch, seq_len):
+def test_estimate_matches_compiled_dpo_ppo_and_rm_steps(step, remat, mesh_shape, batch, seq_len,
+                                                        critic):
     # The reward model's vocabulary is large enough that an LM head's params, Adam moments and
     # logits, counted by mistake, would make the estimate 1.9-2.5x the compiled step.
     config = CONFIG.replace(remat=remat, vocab_size=16384 if step == "rm" else CONFIG.vocab_size)
-    analysis, optimizer = compiled_step(step, config, mesh_of(mesh_shape), batch, seq_len, chunk=64)
+    critic = critic or (config if step == "ppo" else None)
+    analysis, optimizer = compiled_step(step, config, mesh_of(mesh_shape), batch, seq_len, chunk=64,
+                                        critic_config=critic)
     measured = peak_bytes(analysis)
     est = estimate_memory(config, mesh_shape, batch, seq_len, optimizer=optimizer, chunk_size=64,
-                          references=int(step == "dpo"), with_critic=step == "ppo",
+                          references=int(step == "dpo"), critic=critic,
                           head="score" if step == "rm" else "lm")
     assert abs(est.training - measured) / measured < 0.2, (est.summary(), measured)
 
@@ -169,10 +179,12 @@ def test_estimate_counts_the_lm_head_gathered_over_fsdp(step, mesh_shape, tied):
     assert abs(est.training - measured) / measured < 0.2, (est.summary(), measured)
 
 
-def compiled_scoring_temporaries(config, mesh, rows, seq_len, slices, chunk, prompt_len=32):
+def compiled_scoring_temporaries(config, mesh, rows, seq_len, slices, chunk, prompt_len=32,
+                                 score_config=None):
     """XLA's temporaries (bytes a device) of PPO's jitted scoring (rlr.train.ppo.score) of
-    `rows` rollout rows in `slices` row slices, with policy, reference, critic, ORM and PRM."""
-    lm, score = Transformer(config), Transformer(config, head="score")
+    `rows` rollout rows in `slices` row slices, with policy and reference of `config`, critic,
+    ORM and PRM of `score_config` (default `config`)."""
+    lm, score = Transformer(config), Transformer(score_config or config, head="score")
     params = {name: abstract_sharded_params(lm if name in ("policy", "ref") else score, mesh)
               for name in ("policy", "ref", "critic", "orm", "prm")}
     r = seq_len - prompt_len
@@ -191,18 +203,47 @@ def compiled_scoring_temporaries(config, mesh, rows, seq_len, slices, chunk, pro
     return compiled.memory_analysis().temp_size_in_bytes
 
 
-@pytest.mark.parametrize("mesh_shape,rows,slices,vocab", [
-    ((1, 1, 1), 32, 1, 512),      # one layer's intermediates dominate
-    ((1, 1, 1), 32, 4, 32768),    # the logits of one chunk dominate
-    ((2, 2, 2), 64, 1, 32768),    # tensor: plus the embedding gathered for the lookup
-    ((2, 2, 2), 64, 4, 512),
+@pytest.mark.parametrize("mesh_shape,rows,slices,vocab,big", [
+    ((1, 1, 1), 32, 1, 512, False),      # one layer's intermediates dominate
+    ((1, 1, 1), 32, 4, 32768, False),    # the logits of one chunk dominate
+    ((2, 2, 2), 64, 1, 32768, False),    # tensor: plus the embedding gathered for the lookup
+    ((2, 2, 2), 64, 4, 512, False),
+    ((1, 2, 1), 32, 1, 512, True),       # critic, ORM and PRM larger than the policy: theirs
+    ((1, 1, 1), 32, 4, 32768, True),     # the policy's logits against their larger layers
 ])
-def test_scoring_estimate_within_20_percent_of_compiled_scoring(mesh_shape, rows, slices, vocab):
+def test_scoring_estimate_within_20_percent_of_compiled_scoring(mesh_shape, rows, slices, vocab,
+                                                                 big):
     config, seq_len = CONFIG.replace(vocab_size=vocab), 256
+    score_config = BIG.replace(vocab_size=vocab) if big else config
     measured = compiled_scoring_temporaries(config, mesh_of(mesh_shape), rows, seq_len, slices,
-                                            chunk=64)
-    estimate = scoring_activation_bytes(config, mesh_shape, rows // slices, seq_len, 64)
+                                            chunk=64, score_config=score_config)
+    estimate = estimate_memory(config, mesh_shape, critic=score_config,
+                               reward_models=[score_config] * 2, scoring=(rows // slices, seq_len),
+                               chunk_size=64).scoring_activations
     assert abs(estimate - measured) / measured < 0.2, (estimate, measured)
+    if not big:
+        assert estimate == scoring_activation_bytes(config, mesh_shape, rows // slices, seq_len, 64)
+
+
+@pytest.mark.parametrize("changes,seq_len", [
+    ({}, 256),                                                        # attention's scores
+    ({"num_heads": 16, "head_dim": 32}, 256),                         # many heads: 4x the scores
+    ({"intermediate_size": 2048}, 256),                               # the MLP's peak
+    ({"hidden_size": 512, "intermediate_size": 512, "head_dim": 128}, 256),  # a wide stream
+    ({}, 512),                                                        # long sequences
+    ({"hidden_size": 384, "intermediate_size": 1536, "num_heads": 6, "head_dim": 64}, 128),
+])
+def test_forward_bytes_follow_the_layer_shape(changes, seq_len):
+    """One layer's forward peak (forward_bytes_per_token) against the compiled scoring of score
+    models of each shape beside a small policy: the attention or the MLP phase, whichever is
+    larger. The former estimate, a fixed share (0.6) of the backward's saved bytes, read
+    0.60-1.46x of these."""
+    policy = CONFIG.replace(hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=1)
+    scorer = CONFIG.replace(**changes)
+    measured = compiled_scoring_temporaries(policy, mesh_of((1, 1, 1)), 32, seq_len, 1, chunk=64,
+                                            score_config=scorer)
+    estimate = scoring_activation_bytes(scorer, (1, 1, 1), 32, seq_len, 64, head="score")
+    assert abs(estimate - measured) / measured < 0.1, (estimate, measured)
 
 
 def test_param_bytes_by_hand():
@@ -227,15 +268,22 @@ def test_estimate_parts_compose():
     plain = estimate_memory(CONFIG, **kw)
     p_lm, p_score = param_bytes(CONFIG, (1, 2, 1)), param_bytes(CONFIG, (1, 2, 1), "score")
     assert (plain.params, plain.optimizer_state, plain.gradients) == (p_lm, 2 * p_lm, p_lm)
-    ppo = estimate_memory(CONFIG, **kw, with_critic=True)
+    ppo = estimate_memory(CONFIG, **kw, critic=CONFIG)
     assert ppo.params == p_lm + p_score
     assert ppo.optimizer_state == 2 * (p_lm + p_score)
     assert ppo.gradients == max(p_lm, p_score)  # policy and critic gradients not alive at once
-    rewarded = estimate_memory(CONFIG, **kw, with_critic=True, reward_models=2)  # ORM and PRM
+    assert ppo.activations == plain.activations  # the LM head's pass is the larger
+    rewarded = estimate_memory(CONFIG, **kw, critic=CONFIG, reward_models=[CONFIG] * 2)  # ORM, PRM
     assert rewarded.params == p_lm + 3 * p_score and rewarded.optimizer_state == ppo.optimizer_state
     judge = CONFIG.replace(hidden_size=2 * CONFIG.hidden_size, num_layers=CONFIG.num_layers + 1)
-    judged = estimate_memory(CONFIG, **kw, with_critic=True, scorers=[judge, CONFIG])  # own shapes
+    judged = estimate_memory(CONFIG, **kw, critic=CONFIG, scorers=[judge, CONFIG])  # own shapes
     assert judged.params == p_lm + 2 * p_score + param_bytes(judge, (1, 2, 1), "score")
+    # A critic of its own, larger shape: its params, Adam moments, gradients and pass count.
+    p_big = param_bytes(BIG, (1, 2, 1), "score")
+    big = estimate_memory(CONFIG, **kw, critic=BIG, reward_models=[BIG])
+    assert big.params == p_lm + 2 * p_big and big.optimizer_state == 2 * (p_lm + p_big)
+    assert big.gradients == p_big > p_lm
+    assert big.activations == activation_bytes(BIG, (1, 2, 1), 4, 64, head="score") > plain.activations
     dpo = estimate_memory(CONFIG, **kw, references=1, reference_dtype=jnp.bfloat16)
     assert dpo.params == p_lm + p_lm // 2 and dpo.optimizer_state == 2 * p_lm
     refreshed = estimate_memory(CONFIG, **kw, references=2)  # DPO refresh_reference: two copies

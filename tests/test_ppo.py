@@ -120,7 +120,8 @@ def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path, caplog):
     mesh = make_mesh()
     score_model = Transformer(get_config("tiny"), head="score")  # a PRM: the SFT decoder, a fresh head
     prm_dir = str(tmp_path / "prm")
-    params_io.export_params(prm_dir, params_io.load_params(score_model, sft_dir, mesh, jax.random.key(3)))
+    params_io.export_params(prm_dir, params_io.load_params(score_model, sft_dir, mesh, jax.random.key(3)),
+                            score_model.config)
     workdir = str(tmp_path / "ppo")
     config = ppo_config(sft_dir, "ppo.py:clip_delta", **{"rewards.prm_source": prm_dir,
                                                         "ppo.num_iterations": 2,
@@ -151,13 +152,72 @@ def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path, caplog):
     assert samples and all(len(s["step_prm_scores"]) == len(s["step_rewards"]) >= 1 for s in samples)
 
 
+def test_critic_and_prm_of_their_own_shapes(sft_dir, tmp_path, monkeypatch, caplog):
+    """A critic and a PRM larger than the policy (the tiny 2-layer, hidden-64 decoder), each at
+    the shape its source records: the critic an rlr export (3 layers, hidden 96), the PRM a
+    Hugging Face Qwen2ForSequenceClassification (3 layers, hidden 48). The scoring reads the
+    critic's exported params, and the PRM's step scores are transformers' per-token scores
+    (sigmoid) at the step ends of the rollout's own tokens; the memory estimate counts both
+    shapes. A reward model whose vocabulary is smaller than the policy's is refused by key."""
+    from hf_fixtures import hf_outputs, make_hf_model, save_hf_model
+    from rlr.parallel import init_model_params
+
+    mesh, policy = make_mesh(), get_config("tiny")
+    critic_shape = policy.replace(num_layers=3, hidden_size=96, intermediate_size=192)
+    critic_dir = str(tmp_path / "critic")
+    exported = init_model_params(Transformer(critic_shape, head="score"), jax.random.key(5), mesh)
+    params_io.export_params(critic_dir, exported, critic_shape)
+    prm_dir = str(tmp_path / "prm")
+    prm = make_hf_model("qwen2-score", seed=6, vocab_size=policy.vocab_size, hidden_size=48,
+                        intermediate_size=80, num_hidden_layers=3, max_position_embeddings=512)
+    save_hf_model(prm, prm_dir)
+    calls = []
+
+    def recording(params, rollout, host, *args, **kwargs):
+        scored = ppo_score(params, rollout, host, *args, **kwargs)
+        calls.append(jax.device_get((params["critic"], rollout, host, scored.prm_scores)))
+        return scored
+
+    ppo_score = ppo.score
+    monkeypatch.setattr(ppo, "score", recording)
+    config = ppo_config(sft_dir, "ppo.py:clip_delta", **{"rewards.prm_source": prm_dir,
+                                                        "ppo.critic_source": critic_dir,
+                                                        "ppo.num_iterations": 1})
+    with caplog.at_level(logging.INFO, logger="rlr.train.ppo"):
+        ppo.train(config, str(tmp_path / "ppo"))
+    assert "config.ppo.critic_source=%r: a model of its own shape (3 layers, hidden 96)" % critic_dir \
+        in caplog.messages
+    [(critic, rollout, host, prm_scores)] = calls
+    jax.tree.map(np.testing.assert_array_equal, critic, jax.device_get(exported))
+    tokens = np.concatenate([rollout.prompt_tokens, rollout.response_tokens], axis=1)
+    mask = np.concatenate([rollout.prompt_mask, rollout.response_mask], axis=1)
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    per_token = hf_outputs(prm, tokens, mask, positions)[:, rollout.prompt_tokens.shape[1]:]
+    expected = 1 / (1 + np.exp(-np.take_along_axis(per_token, host.step_positions, axis=1)))
+    assert host.step_mask.sum() > 32  # steps of every row
+    np.testing.assert_allclose(np.where(host.step_mask, prm_scores, 0),
+                               np.where(host.step_mask, expected, 0), atol=1e-5)
+    s = common.setup(config)
+    run = ppo.make_run(config, s)
+    assert (run.models.critic.config, run.models.prm.config.hidden_size) == (critic_shape, 48)
+    estimate = ppo.memory_estimate(s, run, rollout.prompt_tokens.shape[1], 48)
+    assert estimate.params == (2 * param_bytes(policy, mesh) + param_bytes(critic_shape, mesh, "score")
+                               + param_bytes(run.models.prm.config, mesh, "score"))
+    small = str(tmp_path / "small-vocab")
+    save_hf_model(make_hf_model("qwen2-score", vocab_size=128), small)
+    with pytest.raises(ConfigError, match=r"^config\.rewards\.prm_source='.*small-vocab': "
+                                          r"vocab_size=128, fewer ids than the policy samples"):
+        ppo.make_run(ppo_config(sft_dir, "ppo.py:clip_delta", **{"rewards.prm_source": small}), s)
+
+
 def test_eval_rm_score_reuses_the_runs_orm(sft_dir, tmp_path, monkeypatch, caplog):
     """config.eval.rm_source = config.rewards.orm_source: the greedy replies are scored with the
     run's ORM params (no second copy is loaded); eval/rm_score is the mean of their scores. The
     SFT export (a language model) as either source is refused, not scored with a random head."""
     orm_dir = str(tmp_path / "orm")  # an ORM: the SFT decoder, a fresh score head
     params_io.export_params(orm_dir, params_io.load_params(
-        Transformer(get_config("tiny"), head="score"), sft_dir, make_mesh(), jax.random.key(4)))
+        Transformer(get_config("tiny"), head="score"), sft_dir, make_mesh(), jax.random.key(4)),
+        get_config("tiny"))
     sources = {"rewards.orm_source": orm_dir, "rewards.orm_weight": 1.0, "eval.rm_source": orm_dir,
                "eval.num_problems": 8, "eval.batch_size": 8}
     for key in ("rewards.orm_source", "eval.rm_source"):

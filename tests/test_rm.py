@@ -78,7 +78,7 @@ def policy(tmp_path_factory) -> str:
     s = common.setup(rm_config("orm", ""))
     params = params_io.load_params(Transformer(s.model_config), "", s.mesh, jax.random.key(0))
     workdir = str(tmp_path_factory.mktemp("policy"))
-    params_io.export_params(workdir, params)
+    params_io.export_params(workdir, params, s.model_config)
     return workdir
 
 

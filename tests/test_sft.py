@@ -42,7 +42,7 @@ def init(tmp_path_factory) -> str:
     s = common.setup(sft_config(TOTAL_STEPS))
     params = params_io.load_params(Transformer(s.model_config), "", s.mesh, jax.random.key(0))
     workdir = str(tmp_path_factory.mktemp("sft_init"))
-    params_io.export_params(workdir, params)
+    params_io.export_params(workdir, params, s.model_config)
     return workdir
 
 

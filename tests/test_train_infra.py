@@ -1,6 +1,7 @@
 """Tests of the training infrastructure on 8 simulated CPU devices: train state and optimizer
 sharding, AdamW against a float64 numpy reference, schedules, EMA, orbax checkpoints,
 preemption, metrics files and timers."""
+import json
 import math
 import os
 import signal
@@ -239,9 +240,9 @@ def test_a_reward_model_source_must_hold_a_trained_score_head(mesh, tmp_path):
 
     lm, score = Transformer(get_config("tiny")), Transformer(get_config("tiny"), head="score")
     sft, orm = str(tmp_path / "sft"), str(tmp_path / "orm")
-    params_io.export_params(sft, init_model_params(lm, jax.random.key(0), mesh))
+    params_io.export_params(sft, init_model_params(lm, jax.random.key(0), mesh), lm.config)
     exported = init_model_params(score, jax.random.key(1), mesh)
-    params_io.export_params(orm, exported)
+    params_io.export_params(orm, exported, score.config)
 
     def load(model, source, **kw):
         return params_io.load_params(model, source, mesh, jax.random.key(2),
@@ -269,6 +270,46 @@ def test_a_reward_model_source_must_hold_a_trained_score_head(mesh, tmp_path):
     np.testing.assert_array_equal(
         np.ravel(load(hf_score, str(classifier), reward_model=True)["score_head"]["kernel"]),
         rm.score.weight.detach().numpy().ravel())
+
+
+def test_a_source_is_read_at_the_shape_it_records(mesh, tmp_path):
+    """params_io.source_shape: an rlr export records its model's shape (ModelConfig.shape(), RoPE
+    scaling and family included) and is read back at it, with the reader's numerics (dtypes,
+    remat, attention); a Hugging Face directory at its config.json; an export written before
+    shapes were recorded, and a random init, at the reader's config. A damaged record names the
+    key and the file."""
+    from hf_fixtures import make_hf_model, save_hf_model
+    from rlr.models.config import RopeScaling
+    from rlr.train import params_io
+
+    reader = get_config("tiny", dtype=jnp.bfloat16, remat="full")
+    llama = get_config("tiny", architecture="llama", qkv_bias=False, num_layers=1, hidden_size=32,
+                       rope_theta=5e5, rope_scaling=RopeScaling(factor=8.0), tie_embeddings=True)
+    run = str(tmp_path / "run")
+    params_io.export_params(run, init_model_params(Transformer(llama, head="score"),
+                                                   jax.random.key(0), mesh), llama)
+    shape = params_io.source_shape(run, reader, key="rewards.prm_source")
+    assert shape == llama.replace(dtype=jnp.bfloat16, remat="full")
+    params_io.load_params(Transformer(shape, head="score"), run, mesh, jax.random.key(1),
+                          reward_model=True)  # the recorded shape fits the exported arrays
+    hf = tmp_path / "hf"
+    save_hf_model(make_hf_model("qwen2-score", hidden_size=48, num_hidden_layers=3), hf)
+    hf_shape = params_io.source_shape(str(hf), reader)
+    assert (hf_shape.hidden_size, hf_shape.num_layers, hf_shape.vocab_size) == (48, 3, 128)
+    assert (hf_shape.dtype, hf_shape.remat) == (jnp.bfloat16, "full")
+    assert params_io.source_shape("", reader) is reader
+    info_file = os.path.join(run, params_io.PARAMS_INFO)
+    with open(info_file) as f:
+        info = json.load(f)
+    with open(info_file, "w") as f:
+        json.dump({k: v for k, v in info.items() if k != "model"}, f)
+    assert params_io.source_shape(run, reader) is reader  # an older export
+    with open(info_file, "w") as f:
+        json.dump({**info, "model": {**info["model"], "num_experts": 8}}, f)
+    with pytest.raises(CheckpointError, match=r"^config.rewards.prm_source='.*run': .*run/"
+                                              r"params_info.json: model shape field 'num_experts' "
+                                              r"is unknown"):
+        params_io.source_shape(run, reader, key="rewards.prm_source")
 
 
 def test_params_source_is_the_first_key_set_and_errors_name_it(mesh):

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 REMAT_POLICIES = ("none", "full", "dots")
 ATTENTION_KERNELS = ("xla", "cudnn")
+NUMERICS = ("param_dtype", "dtype", "remat", "attention")  # how a model computes, not what it is
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,26 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+    def shape(self) -> dict:
+        """The fields that say what the model is (all but NUMERICS), as JSON values: what an
+        export records so that a later run can rebuild the model (ModelConfig.with_shape)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name not in NUMERICS}
+        if self.rope_scaling is not None:
+            fields["rope_scaling"] = dataclasses.asdict(self.rope_scaling)
+        return fields
+
+    def with_shape(self, shape: dict) -> "ModelConfig":
+        """The model `shape` (a ModelConfig.shape() dict) computing with this config's NUMERICS.
+        ValueError names a missing or unknown field."""
+        expected = {f.name for f in dataclasses.fields(self)} - set(NUMERICS)
+        if set(shape) != expected:
+            odd = sorted(set(shape) ^ expected)[0]
+            raise ValueError(f"model shape field {odd!r} is {'unknown' if odd in shape else 'missing'}; "
+                             f"expected {sorted(expected)}")
+        scaling = shape["rope_scaling"]
+        return self.replace(**{**shape, "rope_scaling": scaling and RopeScaling(**scaling)})
 
     def num_params(self) -> int:
         """Parameter count (embeddings included, an untied output matrix counted once more)."""

@@ -60,8 +60,8 @@ LOGIT_BUFFERS = 3
 PREFILL_ATTENTION_SCORES = 2.5
 PREFILL_MLP_SCORES, PREFILL_MLP_BUFFERS = 1.5, 2.6
 # A forward without gradients over a batch (rlr.train.rollout_scoring.score_rollout), fitted
-# likewise: a share of one layer's saved residuals, or the float32 logits of one log-prob chunk.
-SCORING_LAYER_SHARE, SCORING_LOGIT_BUFFERS = 0.6, 1.05
+# likewise: the float32 logits of one log-prob chunk (one layer's peak: forward_bytes_per_token).
+SCORING_LOGIT_BUFFERS = 1.05
 # Whole [V, D] tables (the vocabulary unsplit too) a training pass with an LM head holds with
 # fsdp > 1 beyond the terms above (the head gathered whole, and one more table-sized buffer;
 # the ops not traced), fitted to XLA:CPU's memory analysis of the SFT and DPO steps at
@@ -323,6 +323,26 @@ def saved_bytes_per_token(config: ModelConfig, seq_len: int, remat: str, tensor:
             + 4 * (2 * w["D"] + w["N"] * s + w["KVH"] * s + 2 * w["N"] + 1) + w["KVH"] * s)
 
 
+def forward_bytes_per_token(config: ModelConfig, seq_len: int, tensor: int = 1) -> int:
+    """Peak bytes per token, on one device, of one layer's forward without gradients (a =
+    itemsize of the compute dtype, S = seq_len keys, widths from `_layer_widths`): the larger of
+
+      attention: (8 + a) N S + (8 + 2a) D + KVH S   (float32 scores and their exponentials, the
+                 probabilities, the residual stream and normed input, the boolean mask)
+                 with config.attention == "cudnn" (no score matrix): (8 + 2a) D + a (Nd + 2Kd)
+      MLP:       3a F + (8 + 3a) D                   (gate, up and their product; the stream)
+
+    fitted to XLA:CPU's analysis of the jitted score_rollout (float32) at D 128-512, N 4-16,
+    F 384-2048, S 128-512: within 4% of every shape (tests/test_memory.py)."""
+    a = jnp.dtype(config.dtype).itemsize
+    w = _layer_widths(config, tensor)
+    if config.attention == "cudnn":
+        attention = (8 + 2 * a) * w["D"] + a * (w["Nd"] + 2 * w["Kd"])
+    else:
+        attention = (8 + a) * w["N"] * seq_len + (8 + 2 * a) * w["D"] + w["KVH"] * seq_len
+    return max(attention, 3 * a * w["F"] + (8 + 3 * a) * w["D"])
+
+
 def activation_bytes(config: ModelConfig, mesh: MeshLike, batch: int, seq_len: int,
                      remat: Optional[str] = None, chunk_size: int = 128, head: str = "lm",
                      rules=DEFAULT_RULES) -> int:
@@ -367,25 +387,27 @@ def activation_bytes(config: ModelConfig, mesh: MeshLike, batch: int, seq_len: i
 
 
 def scoring_activation_bytes(config: ModelConfig, mesh: MeshLike, rows: int, seq_len: int,
-                             chunk_size: int = 128, rules=DEFAULT_RULES) -> int:
-    """Peak bytes per device of forwards without gradients over `rows` rows of `seq_len` tokens
-    (PPO's scoring of a rollout slice: log-probs of the policy and the reference, the critic's
-    values, ORM / PRM scores; one model at a time):
+                             chunk_size: int = 128, head: str = "lm", rules=DEFAULT_RULES) -> int:
+    """Peak bytes per device of a forward without gradients over `rows` rows of `seq_len` tokens
+    (PPO's scoring of a rollout slice runs one model at a time: log-probs of the policy and the
+    reference, head "lm"; the critic's values, ORM / PRM scores, head "score"):
 
-      max(SCORING_LAYER_SHARE * n * saved("none"),        one layer's intermediates
-          SCORING_LOGIT_BUFFERS * 4 * r * C * V')         one chunk of float32 logits
+      max(n * forward_bytes_per_token,                    one layer's intermediates
+          SCORING_LOGIT_BUFFERS * 4 * r * C * V')         one chunk of float32 logits (lm head)
       + V D a on a mesh that splits the embedding (fsdp or tensor > 1: gathered for the lookup)
 
     r = ceil(rows / (data fsdp)) rows here, n = r T tokens, C = min(chunk_size, T), V' = V /
     tensor; fitted to XLA:CPU's analysis of the jitted score_rollout (tests/test_memory.py)."""
     sizes = mesh_sizes(mesh)
     r = _split(rows, _axis_shards(BATCH_AXES, sizes))
-    layer = r * seq_len * saved_bytes_per_token(config, seq_len, "none", sizes["tensor"])
-    logits = 4 * r * min(chunk_size, seq_len) * _split(config.vocab_size, sizes["tensor"])
+    layer = r * seq_len * forward_bytes_per_token(config, seq_len, sizes["tensor"])
+    logits = 0
+    if head == "lm":
+        logits = 4 * r * min(chunk_size, seq_len) * _split(config.vocab_size, sizes["tensor"])
     gathered = 0
     if sizes["fsdp"] * sizes["tensor"] > 1:
         gathered = config.vocab_size * config.hidden_size * jnp.dtype(config.dtype).itemsize
-    return int(max(SCORING_LAYER_SHARE * layer, SCORING_LOGIT_BUFFERS * logits) + gathered)
+    return int(max(layer, SCORING_LOGIT_BUFFERS * logits) + gathered)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -450,8 +472,8 @@ class MemoryEstimate:
 
 def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int = 1,
                     seq_len: int = 1024, *, optimizer: Any = "adamw", remat: Optional[str] = None,
-                    with_critic: bool = False, references: int = 0,
-                    reference_dtype: Any = None, reward_models: int = 0,
+                    critic: Optional[ModelConfig] = None, references: int = 0,
+                    reference_dtype: Any = None, reward_models: Sequence[ModelConfig] = (),
                     scorers: Sequence[ModelConfig] = (),
                     rollout: Optional[tuple[int, int, int, int]] = None,
                     scoring: Optional[tuple[int, int]] = None, prefill_chunk: int = 0,
@@ -460,16 +482,15 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
     """Bytes per device of a training step of `model_config` on `mesh`, the trained model an
     LM-head policy (head="lm"), or a score-head reward model trained alone (head="score"):
 
-      params          = P(head) [+ P(score) with_critic] + references x P_ref
-                        + reward_models x P(score)   (frozen ORM / PRM of the same config)
-                        + sum of P(score) over `scorers`  (frozen score models of their own
-                                                        shapes: judges, rlr.train.common)
-      optimizer_state = O(head) [+ O(score) with_critic]      (optimizer_state_bytes)
-      gradients       = max(P(head), P(score)) and
-      activations     = activation_bytes(head) (lm: >= the score head's, no logits there): the
+      params          = P(head) [+ P_critic(score)] + references x P_ref
+                        + sum of P(score) over `reward_models` and `scorers`
+      optimizer_state = O(head) [+ O_critic(score)]      (optimizer_state_bytes)
+      gradients       = max(P(head), P_critic(score)) and
+      activations     = max(activation_bytes(head), the critic's activation_bytes(score)): the
                         policy's and the critic's passes are not alive at once
                         (rlr.train.ppo_step.ppo_update runs the critic's steps after the policy's)
       batch_inputs    = 4 int32/bool arrays [rows, T] (tokens, positions, masks)
+
     and, with rollout=(prompts, prompt_len, new_tokens, samples) (`prompts` prompts in a bucket
     of `prompt_len` slots, `samples` responses of `new_tokens` each), of sampling (else 0):
       kv_cache            = kv_cache_bytes(prompts x samples, prompt_len + new_tokens)
@@ -478,8 +499,12 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
       sampler_activations = sampler_activation_bytes (prefill scores and MLP, in chunks of
                             `prefill_chunk` prompt tokens when > 0, or logits)
     and, with scoring=(rows, seq_len) (PPO: a slice of the rollout scored in one pass),
-      scoring_activations = scoring_activation_bytes (forwards without gradients)
+      scoring_activations = max of scoring_activation_bytes over the models it runs in turn:
+                            the policy (lm), the critic and `reward_models` (score)
 
+    `critic`: the shape of PPO's critic (None: no critic); `reward_models`: frozen ORM / PRM
+    scoring each rollout; `scorers`: frozen judges (greedy evaluations, DPO's ranking;
+    rlr.train.common); all of their own shapes (rlr.train.params_io.source_shape).
     P = param_bytes; `references` frozen LM copies (PPO and DPO: the reference; DPO refreshing
     it each round also keeps the initial policy for its held-out metrics: 2) of P_ref = P(lm)
     with params stored in `reference_dtype` (default the param dtype; bfloat16 halves it and,
@@ -487,20 +512,23 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
     the step writes new params and optimizer state next to the old ones: params and
     optimizer_state of the trained models count twice.
     `batch` is the number of model rows a step runs (DPO: 2 x pairs; PPO: one minibatch).
-    remat: none | full | dots (default: model_config.remat).
+    remat: none | full | dots of the trained models (default: each one's config.remat).
     """
     sizes = mesh_sizes(mesh)
-    remat = model_config.remat if remat is None else remat
     policy = param_bytes(model_config, sizes, head, rules)
-    critic = param_bytes(model_config, sizes, "score", rules) if with_critic else 0
     opt = optimizer_state_bytes(model_config, sizes, optimizer, head, rules)
-    if with_critic:
-        opt += optimizer_state_bytes(model_config, sizes, optimizer, "score", rules)
-    trained = policy + critic
+    acts = activation_bytes(model_config, sizes, batch, seq_len, remat, chunk_size, head, rules)
+    critic_params = 0
+    if critic is not None:
+        critic_params = param_bytes(critic, sizes, "score", rules)
+        opt += optimizer_state_bytes(critic, sizes, optimizer, "score", rules)
+        acts = max(acts, activation_bytes(critic, sizes, batch, seq_len, remat, chunk_size,
+                                          "score", rules))
+    trained = policy + critic_params
     ref_config = model_config.replace(param_dtype=reference_dtype or model_config.param_dtype)
     reference = references * param_bytes(ref_config, sizes, "lm", rules)
-    params = (trained + reference + reward_models * param_bytes(model_config, sizes, "score", rules)
-              + sum(param_bytes(c, sizes, "score", rules) for c in scorers))
+    params = (trained + reference
+              + sum(param_bytes(c, sizes, "score", rules) for c in (*reward_models, *scorers)))
     if not donate:
         params += trained
         opt *= 2
@@ -512,11 +540,13 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
         decode_weights = decode_weight_bytes(model_config, sizes, rules)
         sampler = sampler_activation_bytes(model_config, sizes, prompts, prompt_len,
                                            prompts * samples, prefill_chunk, new_tokens)
-    scored = 0 if scoring is None else scoring_activation_bytes(model_config, sizes, *scoring,
-                                                                chunk_size, rules)
+    scored = 0
+    if scoring is not None:
+        scored_models = [(model_config, "lm")] + [(c, "score") for c in (critic, *reward_models)
+                                                  if c is not None]
+        scored = max(scoring_activation_bytes(c, sizes, *scoring, chunk_size, h, rules)
+                     for c, h in scored_models)
     return MemoryEstimate(
-        params=params, optimizer_state=opt, gradients=max(policy, critic),
-        activations=activation_bytes(model_config, sizes, batch, seq_len, remat, chunk_size,
-                                     head, rules),
+        params=params, optimizer_state=opt, gradients=max(policy, critic_params), activations=acts,
         kv_cache=cache, decode_weights=decode_weights, sampler_activations=sampler,
         scoring_activations=scored, batch_inputs=rows * seq_len * (4 + 4 + 1 + 1))

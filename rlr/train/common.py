@@ -185,26 +185,9 @@ def reward_model_scorer(s: Setup, rm_params: Any, data: Any, prompt_length: int,
     return score
 
 
-def reward_model_shape(source: str, model_config: ModelConfig, where: str) -> ModelConfig:
-    """The shape the reward model of config.{where}.rm_source scores with: a Hugging Face
-    checkpoint directory's own (its config.json, with `model_config`'s dtypes, remat and
-    attention), so a judge may be larger than the policy or of another family; an rlr run's:
-    `model_config` (config.model)."""
-    if not params_io.is_hf_checkpoint(source):
-        return model_config
-    from rlr.models.hf_io import read_hf_config
-
-    c = model_config
-    try:
-        return read_hf_config(source, param_dtype=c.param_dtype, dtype=c.dtype, remat=c.remat,
-                              attention=c.attention)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"config.{where}.rm_source={source!r}: {e}") from None
-
-
 def reward_model_setup(s: Setup, source: str, tokenizer: str, where: str) -> Setup:
     """The Setup the reward model of config.{where}.rm_source reads text with: its shape
-    (reward_model_shape) and the tokenizer config.{where}.rm_tokenizer names ("" = the
+    (params_io.source_shape) and the tokenizer config.{where}.rm_tokenizer names ("" = the
     policy's), whose chat format its prompts take."""
     rm_tokenizer = s.tokenizer
     if tokenizer:
@@ -212,7 +195,7 @@ def reward_model_setup(s: Setup, source: str, tokenizer: str, where: str) -> Set
             rm_tokenizer = load_tokenizer(tokenizer)
         except (OSError, ValueError) as e:
             raise ConfigError(f"config.{where}.rm_tokenizer={tokenizer!r}: {e}") from None
-    model_config = reward_model_shape(source, s.model_config, where)
+    model_config = params_io.source_shape(source, s.model_config, key=f"{where}.rm_source")
     if model_config != s.model_config:
         log.info("config.%s.rm_source=%r: a reward model of its own shape (%d layers, hidden %d, "
                  "vocabulary %d) reading text with %s", where, source, model_config.num_layers,
@@ -281,7 +264,7 @@ def eval_reward_models(config: ml_collections.ConfigDict, model_config: ModelCon
         return []
     if os.path.abspath(source) in {os.path.abspath(p) for p in loaded if p}:
         return []
-    return [reward_model_shape(source, model_config, "eval")]
+    return [params_io.source_shape(source, model_config, key="eval.rm_source")]
 
 
 def greedy_eval(sampler: Sampler, params: Any, tokenizer: Tokenizer, data: Any,

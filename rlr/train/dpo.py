@@ -304,7 +304,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     references = (reference is not None) + ("reference" in state)  # the initial one stays too
     # the sampled rounds' ranking RM, and the greedy evaluation's own copy of eval.rm_source
-    scorers = ([common.reward_model_shape(c.rm_source, s.model_config, "dpo")]
+    scorers = ([params_io.source_shape(c.rm_source, s.model_config, key="dpo.rm_source")]
                if sampled and c.rm_source else [])
     scorers += common.eval_reward_models(config, s.model_config) if eval_examples else []
 
@@ -363,7 +363,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             progress_keys=("loss", "rewards/accuracy", "rewards/margin"), writer=writer)
     finally:
         writer.close()
-    params_io.export_params(workdir, state["policy"].params)
+    params_io.export_params(workdir, state["policy"].params, s.model_config)
     return final
 
 

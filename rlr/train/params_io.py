@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from rlr.data.tokenizer import Tokenizer
-from rlr.models import Transformer
+from rlr.models import ModelConfig, Transformer
+from rlr.models.config import NUMERICS
 from rlr.parallel import init_model_params, param_shardings
 from rlr.train.checkpoint import CheckpointError
 
@@ -27,10 +28,12 @@ def _head_of(params: Any) -> str:
     return "score" if "score_head" in params else "lm"
 
 
-def export_params(workdir: str, params: Any) -> str:
-    """Write `params` to WORKDIR/params (orbax) and WORKDIR/params_info.json (head and shapes):
-    what `load_params(model, WORKDIR, ...)` of the next stage reads. Every process calls it
-    (the save is collective). Returns the params directory."""
+def export_params(workdir: str, params: Any, model_config: ModelConfig) -> str:
+    """Write `params` (of a model of `model_config`) to WORKDIR/params (orbax) and
+    WORKDIR/params_info.json (head, array shapes and the model's shape, ModelConfig.shape()):
+    what `load_params(model, WORKDIR, ...)` of the next stage reads, at the shape
+    `source_shape(WORKDIR, ...)` gives. Every process calls it (the save is collective).
+    Returns the params directory."""
     import orbax.checkpoint as ocp
 
     workdir = os.path.abspath(workdir)
@@ -40,7 +43,8 @@ def export_params(workdir: str, params: Any) -> str:
     checkpointer.wait_until_finished()
     checkpointer.close()
     if jax.process_index() == 0:
-        info = {"head": _head_of(params), "shapes": _flat_shapes(params)}
+        info = {"head": _head_of(params), "shapes": _flat_shapes(params),
+                "model": model_config.shape()}
         with open(os.path.join(workdir, PARAMS_INFO), "w") as f:
             json.dump(info, f, indent=1)
     return path
@@ -130,6 +134,36 @@ def is_hf_checkpoint(source: str) -> bool:
                         for name in (PARAMS_INFO, "checkpoints", "config.txt")))
 
 
+def source_shape(source: Optional[str], model_config: ModelConfig, key: Optional[str] = None
+                 ) -> ModelConfig:
+    """The shape of the model whose params `source` holds, computing with `model_config`'s
+    NUMERICS (dtypes, remat, attention): a Hugging Face checkpoint's config.json; an rlr run's
+    export's recorded shape (params_info.json "model", see export_params); `model_config`
+    itself for a random init ("") and for an export written before shapes were recorded. So a
+    reward model, judge or critic may be larger than the policy, or of another family.
+    Errors name the file, and the config `key` that gave the source when given."""
+    if not source:
+        return model_config
+    given = f"config.{key}={source!r}: " if key else ""
+    numerics = {name: getattr(model_config, name) for name in NUMERICS}
+    if is_hf_checkpoint(source):
+        from rlr.models.hf_io import read_hf_config
+
+        try:
+            return read_hf_config(source, **numerics)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{given}{e}") from None
+    if not os.path.isfile(os.path.join(source, PARAMS_INFO)):
+        return model_config  # load_params names what the directory lacks
+    info = _read_params_info(source)
+    if "model" not in info:
+        return model_config
+    try:
+        return model_config.with_shape(info["model"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{given}{os.path.join(source, PARAMS_INFO)}: {e}") from None
+
+
 def load_params(model: Transformer, source: Optional[str], mesh: jax.sharding.Mesh, rng: jax.Array,
                 tokenizer: Optional[Tokenizer] = None, key: Optional[str] = None,
                 reward_model: bool = False) -> Any:
@@ -147,10 +181,10 @@ def load_params(model: Transformer, source: Optional[str], mesh: jax.sharding.Me
     an "lm" export, a causal-LM Hugging Face checkpoint) is an error, not a fresh random head.
     Errors name the source, and the config `key` that gave it when given (config_source).
     """
-    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(f"load_params: the tokenizer has {tokenizer.vocab_size} ids, more than the "
-                         f"model's vocab_size={model.config.vocab_size}")
     given = f"config.{key}={source!r}: " if key else ""
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+        raise CheckpointError(f"{given}a model of vocab_size={model.config.vocab_size} cannot read "
+                              f"the tokenizer's {tokenizer.vocab_size} ids")
     if not source:
         if reward_model:
             raise CheckpointError(f"{given}a reward model needs a source (a reward-model run or a "

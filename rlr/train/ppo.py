@@ -21,8 +21,9 @@ and the PPO switches of Xu et al. 2024):
 The policy starts from config.ppo.policy_source (an SFT run dir, a HF dir; "" =
 config.model.hf_checkpoint or random), the critic from config.ppo.critic_source ("" = the
 policy's source: lm -> score keeps the decoder, a reward-model run dir keeps its head), the
-frozen ORM / PRM from config.rewards.orm_source / prm_source. Every model has the shape of
-config.model. The state checkpointed (common.run_loop) is a dict {policy, critic (GAE), ref
+frozen ORM / PRM from config.rewards.orm_source / prm_source. The policy and reference have the
+shape of config.model; the critic, ORM and PRM the shape of their sources (a reward model may be
+larger than the policy: params_io.source_shape), reading the policy's tokens. The state checkpointed (common.run_loop) is a dict {policy, critic (GAE), ref
 (EMA reference only: a fixed reference is reloaded from its source), value_stats (value
 normalisation), rng}; the prompt order's position is in the checkpoint's extra. At the start
 (step 0, a fresh run), every config.eval.every_steps iterations and at the end: greedy responses
@@ -77,7 +78,7 @@ class PPOConfig:
     """The config.ppo group; `ppo_group()` makes its ConfigDict."""
 
     policy_source: str = ""  # the policy to start from: an rlr run dir (SFT), a HF dir; "" = config.model.hf_checkpoint (or random)
-    critic_source: str = ""  # the critic's start: "" = policy_source (fresh score head), an ORM run dir keeps its head
+    critic_source: str = ""  # the critic's start: "" = policy_source (fresh score head), an ORM run dir keeps its head (and its shape)
     num_iterations: int = 100  # rollout -> scoring -> update iterations
     prompts_per_iteration: int = 64  # prompts sampled an iteration, all hosts; a multiple of data x fsdp
     max_prompt_len: int = 0  # train prompts longer than this many tokens are skipped (0: keep all)
@@ -144,8 +145,8 @@ class PPOConfig:
 class RewardModels:
     """The reward-model fields of config.rewards (its other fields are those of RewardSpec)."""
 
-    orm_source: str = ""  # outcome reward model: an rlr run dir (score head); "" = none
-    prm_source: str = ""  # process reward model: an rlr run dir (score head); "" = none
+    orm_source: str = ""  # outcome reward model: an rlr run dir (score head) or HF seq-cls dir, of its own shape and the policy's tokenizer; "" = none
+    prm_source: str = ""  # process reward model: as orm_source; "" = none
     orm_sigmoid: bool = True  # ORM reward = sigmoid(logit) (a BCE-trained ORM); False: the raw score (Bradley-Terry)
     prm_sigmoid: bool = True  # PRM step score = sigmoid(logit) (a BCE-trained PRM); False: the raw score
     max_steps: int = 16  # K, steps a response given PRM rewards (beyond: middle steps dropped, counted)
@@ -414,6 +415,26 @@ class Run(NamedTuple):
     models: Models
 
 
+CRITIC_SOURCE_KEYS = ("ppo.critic_source", "ppo.policy_source", "model.hf_checkpoint")
+
+
+def _score_model(s: common.Setup, source: str, key: str) -> Transformer:
+    """The score-head model of `source` (a critic, ORM or PRM) at its own shape
+    (params_io.source_shape): a reward model may be larger than the policy. It reads the
+    policy's tokens, so its vocabulary must hold every id the policy samples (it must also
+    share the policy's tokenizer, which no file records)."""
+    model_config = params_io.source_shape(source, s.model_config, key)
+    if model_config.vocab_size < s.model_config.vocab_size:
+        raise ConfigError(f"config.{key}={source!r}: vocab_size={model_config.vocab_size}, fewer "
+                          f"ids than the policy samples (config.model vocab_size="
+                          f"{s.model_config.vocab_size}); a critic or reward model reads the "
+                          f"policy's tokens")
+    if model_config != s.model_config:
+        log.info("config.%s=%r: a model of its own shape (%d layers, hidden %d)", key, source,
+                 model_config.num_layers, model_config.hidden_size)
+    return Transformer(model_config, head="score")
+
+
 def make_run(config: ml_collections.ConfigDict, s: common.Setup) -> Run:
     """The checked settings and models of a run (errors name the config key)."""
     for group in ("ppo", "rewards", "sampling", "eval", "critic_optim"):
@@ -426,11 +447,13 @@ def make_run(config: ml_collections.ConfigDict, s: common.Setup) -> Run:
     _check_rewards(spec, rewards, tasks.as_data_config(config.data).task)
     _check_sizes(c, n, s.mesh)
     update_config = c.update_config()
-    score_model = Transformer(s.model_config, head="score")
     models = Models(policy=Transformer(s.model_config),
-                    critic=score_model if update_config.use_critic else None,
-                    orm=score_model if rewards.orm_source else None,
-                    prm=score_model if rewards.prm_source else None)
+                    critic=(_score_model(s, *params_io.config_source(config, *CRITIC_SOURCE_KEYS))
+                            if update_config.use_critic else None),
+                    orm=_score_model(s, rewards.orm_source, "rewards.orm_source")
+                    if rewards.orm_source else None,
+                    prm=_score_model(s, rewards.prm_source, "rewards.prm_source")
+                    if rewards.prm_source else None)
     return Run(c, spec, rewards, sampling, c.scoring_config(n, rewards), update_config,
                as_optim_config(config.optim),
                as_optim_config(config.critic_optim) if update_config.use_critic else None, models)
@@ -441,17 +464,17 @@ def memory_estimate(s: common.Setup, run: Run, prompt_len: int, response_len: in
     """rlr.parallel.memory's bytes a device of an iteration: the rollout of
     ppo.prompts_per_iteration x num_samples responses of `response_len` tokens after prompts of
     `prompt_len` slots, its scoring (one of ppo.scoring_slices row slices at a time) and the
-    update of one minibatch of those rows, with every model of the run alive (policy,
-    reference, critic with GAE, ORM and PRM of config.model, and the evaluation's reward models
-    of their own shapes, `eval_reward_models`: common.eval_reward_models)."""
+    update of one minibatch of those rows, with every model of the run alive (policy and
+    reference of config.model; critic with GAE, ORM, PRM and the evaluation's reward models,
+    `eval_reward_models` (common.eval_reward_models), of their own shapes)."""
     prompts, seq_len = run.ppo.prompts_per_iteration, prompt_len + response_len
     n = run.sampling.num_samples
     rows = prompts * n
     return estimate_memory(
         s.model_config, s.mesh, rows // run.ppo.num_minibatches, seq_len,
-        optimizer=make_optimizer(run.policy_optim), with_critic=run.update.use_critic,
-        references=1,
-        reward_models=(run.models.orm is not None) + (run.models.prm is not None),
+        optimizer=make_optimizer(run.policy_optim),
+        critic=run.models.critic.config if run.models.critic else None, references=1,
+        reward_models=[m.config for m in (run.models.orm, run.models.prm) if m is not None],
         scorers=eval_reward_models,
         rollout=(prompts, prompt_len, response_len, n), prefill_chunk=run.sampling.prefill_chunk,
         scoring=(rows // run.ppo.scoring_slices, seq_len), chunk_size=run.ppo.logprob_chunk)
@@ -476,8 +499,7 @@ def initial_state(config: ml_collections.ConfigDict, s: common.Setup, run: Run,
     state = {"policy": create_train_state(policy, make_optimizer(run.policy_optim), keys[2]),
              "rng": replicate(keys[3], s.mesh)}
     if models.critic is not None:
-        source, key = params_io.config_source(config, "ppo.critic_source", "ppo.policy_source",
-                                              "model.hf_checkpoint")
+        source, key = params_io.config_source(config, *CRITIC_SOURCE_KEYS)
         critic = params_io.load_params(models.critic, source, s.mesh, keys[4], s.tokenizer, key=key)
         state["critic"] = create_train_state(critic, make_optimizer(run.critic_optim), keys[5])
     if c.reference == "ema":
@@ -597,5 +619,5 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             writer=writer)
     finally:
         writer.close()
-    params_io.export_params(workdir, state["policy"].params)
+    params_io.export_params(workdir, state["policy"].params, s.model_config)
     return final
