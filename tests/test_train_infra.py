@@ -283,7 +283,7 @@ def test_a_source_is_read_at_the_shape_it_records(mesh, tmp_path):
     from rlr.train import params_io
 
     reader = get_config("tiny", dtype=jnp.bfloat16, remat="full")
-    llama = get_config("tiny", architecture="llama", qkv_bias=False, num_layers=1, hidden_size=32,
+    llama = get_config("tiny", architecture="llama", qkv_bias=False, num_layers=3, hidden_size=32,
                        rope_theta=5e5, rope_scaling=RopeScaling(factor=8.0), tie_embeddings=True)
     run = str(tmp_path / "run")
     params_io.export_params(run, init_model_params(Transformer(llama, head="score"),
@@ -292,6 +292,10 @@ def test_a_source_is_read_at_the_shape_it_records(mesh, tmp_path):
     assert shape == llama.replace(dtype=jnp.bfloat16, remat="full")
     params_io.load_params(Transformer(shape, head="score"), run, mesh, jax.random.key(1),
                           reward_model=True)  # the recorded shape fits the exported arrays
+    with pytest.raises(CheckpointError, match=r"run: the exported params \(a model of 3 layers, "
+                                              r"hidden 32\) do not fit the model they are loaded "
+                                              r"into \(2 layers, hidden 64: config.model"):
+        params_io.load_params(Transformer(reader, head="score"), run, mesh, jax.random.key(1))
     hf = tmp_path / "hf"
     save_hf_model(make_hf_model("qwen2-score", hidden_size=48, num_hidden_layers=3), hf)
     hf_shape = params_io.source_shape(str(hf), reader)

@@ -95,9 +95,13 @@ def _load_export(model: Transformer, source: str, mesh, rng: jax.Array) -> Any:
     if expected != info["shapes"]:
         diff = sorted(k for k in set(expected) | set(info["shapes"])
                       if expected.get(k) != info["shapes"].get(k))
-        raise CheckpointError(f"{source}: exported params do not fit config.model (first difference "
-                              f"at {diff[0]}: export {info['shapes'].get(diff[0])}, model "
-                              f"{expected.get(diff[0])})")
+        recorded = info.get("model", {})
+        raise CheckpointError(
+            f"{source}: the exported params (a model of {recorded.get('num_layers', '?')} layers, "
+            f"hidden {recorded.get('hidden_size', '?')}) do not fit the model they are loaded into "
+            f"({model.config.num_layers} layers, hidden {model.config.hidden_size}: config.model for "
+            f"a policy; first difference at {diff[0]}: export {info['shapes'].get(diff[0])}, model "
+            f"{expected.get(diff[0])})")
     checkpointer = ocp.StandardCheckpointer()
     try:
         params = checkpointer.restore(os.path.join(source, PARAMS_DIR), target)
