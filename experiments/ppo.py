@@ -18,7 +18,9 @@ alpha * sum_k r_k + success - beta * KL:
 Each synthetic variant reads its SFT policy from config.ppo.policy_source and its reward
 models from config.rewards.orm_source / prm_source (run dirs of experiments/sft.py, orm.py,
 prm.py; `make demo` sets them). The real variants read local checkpoints and run dirs (see
-MATH_CHECKPOINT, ORM_RUN, PRM_RUN, HH_RM_RUN); nothing is downloaded. GAE vs GRPO / RLOO: experiments/grpo.py.
+MATH_CHECKPOINT, ORM_RUN, PRM_RUN, HH_RM_RUN); nothing is downloaded. A reward model (or the
+critic) trained on a larger model of the policy's family (`--config.model.hf_checkpoint=...` on
+its run) is read at its own shape. GAE vs GRPO / RLOO: experiments/grpo.py.
 """
 from __future__ import annotations
 
