@@ -23,11 +23,12 @@ config.model.hf_checkpoint or random), the critic from config.ppo.critic_source 
 policy's source: lm -> score keeps the decoder, a reward-model run dir keeps its head), the
 frozen ORM / PRM from config.rewards.orm_source / prm_source. The policy and reference have the
 shape of config.model; the critic, ORM and PRM the shape of their sources (a reward model may be
-larger than the policy: params_io.source_shape), reading the policy's tokens. The state checkpointed (common.run_loop) is a dict {policy, critic (GAE), ref
-(EMA reference only: a fixed reference is reloaded from its source), value_stats (value
-normalisation), rng}; the prompt order's position is in the checkpoint's extra. At the start
-(step 0, a fresh run), every config.eval.every_steps iterations and at the end: greedy responses
-to config.eval.num_problems held-out problems -> eval/accuracy, eval/num_steps (steps split at
+larger than the policy: params_io.source_shape), reading the policy's tokens. The state
+checkpointed (common.run_loop) is a dict {policy, critic (GAE), ref (EMA reference only: a fixed
+reference is reloaded from its source), value_stats (value normalisation), rng}; the prompt
+order's position is in the checkpoint's extra. At the start (step 0, a fresh run), every
+config.eval.every_steps iterations and at the end: greedy responses to config.eval.num_problems
+held-out problems -> eval/accuracy, eval/num_steps (steps split at
 config.rewards.step_delimiter, the answer line included), eval/response_length (tokens),
 eval/repetition_rate and, with config.eval.rm_source, eval/rm_score (that reward model's mean
 score of the greedy responses: the measure of HH-RLHF, which has no answers).
@@ -447,13 +448,11 @@ def make_run(config: ml_collections.ConfigDict, s: common.Setup) -> Run:
     _check_rewards(spec, rewards, tasks.as_data_config(config.data).task)
     _check_sizes(c, n, s.mesh)
     update_config = c.update_config()
-    models = Models(policy=Transformer(s.model_config),
-                    critic=(_score_model(s, *params_io.config_source(config, *CRITIC_SOURCE_KEYS))
-                            if update_config.use_critic else None),
-                    orm=_score_model(s, rewards.orm_source, "rewards.orm_source")
-                    if rewards.orm_source else None,
-                    prm=_score_model(s, rewards.prm_source, "rewards.prm_source")
-                    if rewards.prm_source else None)
+    critic = (_score_model(s, *params_io.config_source(config, *CRITIC_SOURCE_KEYS))
+              if update_config.use_critic else None)
+    orm, prm = (_score_model(s, source, f"rewards.{name}_source") if source else None
+                for name, source in (("orm", rewards.orm_source), ("prm", rewards.prm_source)))
+    models = Models(Transformer(s.model_config), critic, orm, prm)
     return Run(c, spec, rewards, sampling, c.scoring_config(n, rewards), update_config,
                as_optim_config(config.optim),
                as_optim_config(config.critic_optim) if update_config.use_critic else None, models)
