@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from rlr.data import synthetic
 from rlr.data.tokenizer import (
+    CHAR_ALPHABET,
     QWEN_SYSTEM_PROMPT,
     CharTokenizer,
     HFTokenizer,
@@ -173,6 +174,22 @@ def test_char_tokenizer():
     assert load_tokenizer("char").encode("3") == ids[2:3]
     with pytest.raises(ValueError, match=r"'#' at position 1"):
         tok.encode("1#2")
+
+
+def test_fingerprint_tells_tokenizers_apart(spm_tokenizer, hf_dir, hf_tokenizer):
+    """Tokenizer.fingerprint: one value a tokenizer (reloaded, or with another system prompt:
+    the chat is text around the ids), another for each other tokenizer; the character
+    tokenizer's is the digest of its ids and alphabet, computed here by hand."""
+    import hashlib
+
+    char = CharTokenizer()
+    by_hand = hashlib.sha256(json.dumps([51, 1, 2, 0, CHAR_ALPHABET]).encode()).hexdigest()[:16]
+    assert char.fingerprint() == by_hand
+    prints = [t.fingerprint() for t in (char, CharTokenizer(CHAR_ALPHABET + "#"), spm_tokenizer,
+                                         hf_tokenizer)]
+    assert len(set(prints)) == 4 and all(len(p) == 16 for p in prints)
+    assert load_tokenizer(hf_dir).fingerprint() == hf_tokenizer.fingerprint()
+    assert load_tokenizer(hf_dir, system_prompt="Be brief.").fingerprint() == hf_tokenizer.fingerprint()
 
 
 def test_load_errors(tmp_path, spm_tokenizer, hf_dir):

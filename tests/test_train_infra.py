@@ -316,6 +316,41 @@ def test_a_source_is_read_at_the_shape_it_records(mesh, tmp_path):
         params_io.source_shape(run, reader, key="rewards.prm_source")
 
 
+def test_params_are_read_with_the_tokenizer_they_were_trained_on(mesh, tmp_path, caplog):
+    """An export records its tokenizer's fingerprint: load_params refuses another tokenizer of the
+    same vocabulary size (naming the key), as it refuses one unlike a Hugging Face directory's
+    tokenizer.json; the same tokenizer loads. A tokenizer.json that cannot be read is named in
+    a warning, and the params load."""
+    from hf_fixtures import make_hf_model, save_bpe_tokenizer, save_hf_model
+    from rlr.data.tokenizer import CHAR_ALPHABET, CharTokenizer, load_tokenizer
+    from rlr.models.hf_io import read_hf_config
+    from rlr.train import params_io
+
+    model = Transformer(get_config("tiny"))
+    char, reordered = CharTokenizer(), CharTokenizer(CHAR_ALPHABET[::-1])  # 51 ids either way
+    run = str(tmp_path / "run")
+    params_io.export_params(run, init_model_params(model, jax.random.key(0), mesh), model.config, char)
+    params_io.load_params(model, run, mesh, jax.random.key(1), char)
+    with pytest.raises(CheckpointError, match=(
+            rf"^config.ppo.policy_source='.*run': .*run: its params were trained on the ids of "
+            rf"another tokenizer \(the run that exported them: fingerprint {char.fingerprint()}\) "
+            rf"than the one this run reads it with \(fingerprint {reordered.fingerprint()}\)")):
+        params_io.load_params(model, run, mesh, jax.random.key(1), reordered, key="ppo.policy_source")
+    hf = tmp_path / "hf"
+    vocab_size = save_bpe_tokenizer(hf, ["48 + 24 = 72", "half as many clips in May"], 260)
+    save_hf_model(make_hf_model("qwen2-score", vocab_size=vocab_size), hf)
+    hf_model = Transformer(read_hf_config(str(hf)), head="score")
+    params_io.load_params(hf_model, str(hf), mesh, jax.random.key(1), load_tokenizer(hf))
+    with pytest.raises(CheckpointError, match=r"^config.rewards.orm_source='.*hf': .*hf: its params "
+                                              r"were trained on the ids of another tokenizer \(its "
+                                              r"tokenizer.json"):
+        params_io.load_params(hf_model, str(hf), mesh, jax.random.key(1), char,
+                              key="rewards.orm_source")
+    os.remove(hf / "tokenizer_config.json")
+    params_io.load_params(hf_model, str(hf), mesh, jax.random.key(1), char)
+    assert "tokenizer.json: not compared with this run's tokenizer" in caplog.text
+
+
 def test_params_source_is_the_first_key_set_and_errors_name_it(mesh):
     from rlr.train import params_io
 

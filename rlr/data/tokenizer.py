@@ -29,6 +29,11 @@ QWEN_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful 
 LLAMA3_BOS = "<|begin_of_text|>"
 
 Message = Mapping[str, str]
+# What Tokenizer.fingerprint encodes: words, numbers and arithmetic as math and dialogue data
+# have them.
+FINGERPRINT_PROBE = ("Natalia sold clips to 48 of her friends in April, and then she sold half as "
+                     "many clips in May.\nHow many clips did Natalia sell altogether in April and "
+                     "May? 48 / 2 = 24; 48 + 24 = 72.\n#### 72")
 
 
 def _check_messages(messages: Sequence[Message]) -> None:
@@ -138,6 +143,22 @@ class Tokenizer(abc.ABC):
         """encode(apply_chat_template(messages, add_generation_prompt))."""
         return self.encode(self.apply_chat_template(messages, add_generation_prompt))
 
+    def fingerprint(self) -> str:
+        """A digest of the ids this tokenizer gives (`_digest` of its vocabulary size, bos / eos /
+        pad ids and the ids of FINGERPRINT_PROBE). Tokenizers of different families differ in
+        it; the chat format does not enter (it is text around the ids). An export records it,
+        so that a model is not read with another tokenizer's ids
+        (rlr.train.params_io.load_params)."""
+        return _digest(self.vocab_size, self.bos_id, self.eos_id, self.pad_id,
+                       self.encode(FINGERPRINT_PROBE))
+
+
+def _digest(*facts) -> str:
+    """16 hex digits of the SHA-256 of `facts` as JSON."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
+
 
 def _check_chat_format(chat_format: str, where: str) -> str:
     if chat_format not in CHAT_FORMATS:
@@ -178,6 +199,11 @@ class CharTokenizer(Tokenizer):
                 f"CharTokenizer: character {e.args[0]!r} at position {pos} of {text!r} is not in "
                 f"the alphabet {self.alphabet!r}"
             ) from None
+
+    def fingerprint(self) -> str:
+        """A digest of the alphabet and special ids (the probe of Tokenizer.fingerprint has
+        characters outside the alphabet)."""
+        return _digest(self.vocab_size, self.bos_id, self.eos_id, self.pad_id, self.alphabet)
 
     def decode(self, ids: Sequence[int]) -> str:
         """The characters of ids; pad / bos / eos decode to ''."""

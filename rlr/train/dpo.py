@@ -363,7 +363,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             progress_keys=("loss", "rewards/accuracy", "rewards/margin"), writer=writer)
     finally:
         writer.close()
-    params_io.export_params(workdir, state["policy"].params, s.model_config)
+    params_io.export_params(workdir, state["policy"].params, s.model_config, s.tokenizer)
     return final
 
 

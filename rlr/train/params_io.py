@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, NoReturn, Optional
 
@@ -19,6 +20,8 @@ from rlr.train.checkpoint import CheckpointError
 
 PARAMS_DIR, PARAMS_INFO = "params", "params_info.json"  # what export_params writes in a workdir
 
+log = logging.getLogger(__name__)
+
 
 def _flat_shapes(tree: Any) -> dict[str, list[int]]:
     return {"/".join(k): list(v.shape) for k, v in traverse_util.flatten_dict(tree).items()}
@@ -28,10 +31,12 @@ def _head_of(params: Any) -> str:
     return "score" if "score_head" in params else "lm"
 
 
-def export_params(workdir: str, params: Any, model_config: ModelConfig) -> str:
-    """Write `params` (of a model of `model_config`) to WORKDIR/params (orbax) and
-    WORKDIR/params_info.json (head, array shapes and the model's shape, ModelConfig.shape()):
-    what `load_params(model, WORKDIR, ...)` of the next stage reads, at the shape
+def export_params(workdir: str, params: Any, model_config: ModelConfig,
+                  tokenizer: Optional[Tokenizer] = None) -> str:
+    """Write `params` (of a model of `model_config`, trained on the ids of `tokenizer`) to
+    WORKDIR/params (orbax) and WORKDIR/params_info.json (head, array shapes, the model's shape,
+    ModelConfig.shape(), and the tokenizer's fingerprint when given): what
+    `load_params(model, WORKDIR, ...)` of the next stage reads, at the shape
     `source_shape(WORKDIR, ...)` gives. Every process calls it (the save is collective).
     Returns the params directory."""
     import orbax.checkpoint as ocp
@@ -45,6 +50,8 @@ def export_params(workdir: str, params: Any, model_config: ModelConfig) -> str:
     if jax.process_index() == 0:
         info = {"head": _head_of(params), "shapes": _flat_shapes(params),
                 "model": model_config.shape()}
+        if tokenizer is not None:
+            info["tokenizer"] = tokenizer.fingerprint()
         with open(os.path.join(workdir, PARAMS_INFO), "w") as f:
             json.dump(info, f, indent=1)
     return path
@@ -180,7 +187,8 @@ def load_params(model: Transformer, source: Optional[str], mesh: jax.sharding.Me
       SFT policy); "score" into "score" keeps everything;
     - a Hugging Face checkpoint directory (holding config.json): hf_io.load_hf_checkpoint
       (its shape must match model.config).
-    `tokenizer`, when given, must fit the vocabulary. `reward_model`: the params score with the
+    `tokenizer`, when given, must fit the vocabulary and be the one the params were trained on
+    (check_tokenizer). `reward_model`: the params score with the
     head they hold (an ORM, PRM or Bradley-Terry RM), so a source without a trained score head (none,
     an "lm" export, a causal-LM Hugging Face checkpoint) is an error, not a fresh random head.
     Errors name the source, and the config `key` that gave it when given (config_source).
@@ -198,6 +206,8 @@ def load_params(model: Transformer, source: Optional[str], mesh: jax.sharding.Me
     if not os.path.isdir(source):
         raise CheckpointError(f"{given}{source}: no such directory (expected the workdir of an earlier "
                               f"rlr run, holding {PARAMS_INFO}, or a Hugging Face checkpoint directory)")
+    if tokenizer is not None:
+        check_tokenizer(source, tokenizer, given)
     if os.path.isfile(os.path.join(source, PARAMS_INFO)):
         if reward_model and _read_params_info(source)["head"] != "score":
             _no_score_head(given, source, "an rlr run that exported a language model (head 'lm')")
@@ -210,6 +220,31 @@ def load_params(model: Transformer, source: Optional[str], mesh: jax.sharding.Me
         return _load_hf(model, source, mesh, rng)
     raise CheckpointError(f"{given}{source}: holds neither {PARAMS_INFO} (an rlr run's export: did "
                           f"that run finish?) nor a Hugging Face config.json")
+
+
+def check_tokenizer(source: str, tokenizer: Tokenizer, given: str = "") -> None:
+    """Raise CheckpointError (prefixed by `given`) when the params at `source` were trained on
+    another tokenizer's ids than `tokenizer`'s (Tokenizer.fingerprint): the one an rlr export
+    recorded, or a Hugging Face directory's tokenizer.json. A source recording none passes (a
+    tokenizer.json that does not load is named in a warning)."""
+    if os.path.isfile(os.path.join(source, PARAMS_INFO)):
+        theirs, what = _read_params_info(source).get("tokenizer"), "the run that exported them"
+    elif is_hf_checkpoint(source) and os.path.isfile(os.path.join(source, "tokenizer.json")):
+        from rlr.data.tokenizer import load_tokenizer
+
+        try:
+            theirs, what = load_tokenizer(source).fingerprint(), "its tokenizer.json"
+        except (OSError, ValueError) as e:
+            log.warning("%s%s/tokenizer.json: not compared with this run's tokenizer (%s)", given,
+                        source, e)
+            return
+    else:
+        return
+    if theirs is not None and theirs != tokenizer.fingerprint():
+        raise CheckpointError(f"{given}{source}: its params were trained on the ids of another "
+                              f"tokenizer ({what}: fingerprint {theirs}) than the one this run reads "
+                              f"it with (fingerprint {tokenizer.fingerprint()}): a model must read "
+                              f"the ids it was trained on")
 
 
 def _no_score_head(given: str, source: str, what: str) -> NoReturn:

@@ -618,5 +618,5 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             writer=writer)
     finally:
         writer.close()
-    params_io.export_params(workdir, state["policy"].params, s.model_config)
+    params_io.export_params(workdir, state["policy"].params, s.model_config, s.tokenizer)
     return final

@@ -561,7 +561,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             eval_fn=make_evaluate(config, s, model, name, data.eval),
             eval_every=config.eval.every_steps, writer=writer,
             progress_keys=("loss", "accuracy", "step_accuracy"))
-        params_io.export_params(workdir, state.params, s.model_config)
+        params_io.export_params(workdir, state.params, s.model_config, s.tokenizer)
         if c.best_of_n > 0 and config.eval.num_problems > 0:
             bon = {f"eval/{k}": v for k, v in
                    _best_of_n_eval(config, s, model, state.params, bon_rng).items()}

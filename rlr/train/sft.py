@@ -169,5 +169,5 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             eval_every=config.eval.every_steps, progress_keys=("loss", "grad_norm"), writer=writer)
     finally:
         writer.close()
-    params_io.export_params(workdir, state.params, s.model_config)
+    params_io.export_params(workdir, state.params, s.model_config, s.tokenizer)
     return final
