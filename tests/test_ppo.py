@@ -113,7 +113,10 @@ def test_ppo_raises_the_reward_and_logs_metrics_evals_and_samples(sft_dir, tmp_p
     assert len(rollout) == 4 * config.logging.num_samples
     assert len(samples) - len(rollout) == 2 * config.eval.num_problems  # every greedy reply, twice
     assert {"prompt", "response", "step_rewards", "step_prm_scores", "total_reward"} <= set(rollout[0])
-    assert os.path.isfile(os.path.join(workdir, params_io.PARAMS_INFO))  # the policy is exported
+    with open(os.path.join(workdir, params_io.PARAMS_INFO)) as f:  # the policy is exported,
+        info = json.load(f)  # with its model's shape and its tokenizer's fingerprint
+    s = common.setup(config)
+    assert (info["model"], info["tokenizer"]) == (s.model_config.shape(), s.tokenizer.fingerprint())
 
 
 def test_prm_clip_delta_run_scores_steps(sft_dir, tmp_path, caplog):
