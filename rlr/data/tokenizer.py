@@ -17,6 +17,7 @@ end them.
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 import os
 import tempfile
@@ -155,8 +156,6 @@ class Tokenizer(abc.ABC):
 
 def _digest(*facts) -> str:
     """16 hex digits of the SHA-256 of `facts` as JSON."""
-    import hashlib
-
     return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
 
 
