@@ -161,7 +161,7 @@ def test_critic_and_prm_of_their_own_shapes(sft_dir, tmp_path, monkeypatch, capl
     Hugging Face Qwen2ForSequenceClassification (3 layers, hidden 48). The scoring reads the
     critic's exported params, and the PRM's step scores are transformers' per-token scores
     (sigmoid) at the step ends of the rollout's own tokens; the memory estimate counts both
-    shapes. A reward model whose vocabulary is smaller than the policy's is refused by key."""
+    shapes. A reward model whose vocabulary cannot hold the tokenizer's ids is refused by key."""
     from hf_fixtures import hf_outputs, make_hf_model, save_hf_model
     from rlr.parallel import init_model_params
 
@@ -206,11 +206,13 @@ def test_critic_and_prm_of_their_own_shapes(sft_dir, tmp_path, monkeypatch, capl
     estimate = ppo.memory_estimate(s, run, rollout.prompt_tokens.shape[1], 48)
     assert estimate.params == (2 * param_bytes(policy, mesh) + param_bytes(critic_shape, mesh, "score")
                                + param_bytes(run.models.prm.config, mesh, "score"))
-    small = str(tmp_path / "small-vocab")
-    save_hf_model(make_hf_model("qwen2-score", vocab_size=128), small)
-    with pytest.raises(ConfigError, match=r"^config\.rewards\.prm_source='.*small-vocab': "
-                                          r"vocab_size=128, fewer ids than the policy samples"):
-        ppo.make_run(ppo_config(sft_dir, "ppo.py:clip_delta", **{"rewards.prm_source": small}), s)
+    small = str(tmp_path / "small-vocab")  # fewer ids than the character tokenizer's 51
+    save_hf_model(make_hf_model("qwen2-score", vocab_size=32), small)
+    with pytest.raises(CheckpointError, match=r"^config\.rewards\.prm_source='.*small-vocab': a "
+                                              r"model of vocab_size=32 cannot read the tokenizer's "
+                                              r"51 ids"):
+        ppo.train(ppo_config(sft_dir, "ppo.py:clip_delta", **{"rewards.prm_source": small}),
+                  str(tmp_path / "refused"))
 
 
 def test_eval_rm_score_reuses_the_runs_orm(sft_dir, tmp_path, monkeypatch, caplog):

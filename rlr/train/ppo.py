@@ -422,14 +422,9 @@ CRITIC_SOURCE_KEYS = ("ppo.critic_source", "ppo.policy_source", "model.hf_checkp
 def _score_model(s: common.Setup, source: str, key: str) -> Transformer:
     """The score-head model of `source` (a critic, ORM or PRM) at its own shape
     (params_io.source_shape): a reward model may be larger than the policy. It reads the
-    policy's tokens, so its vocabulary must hold every id the policy samples (it must also
-    share the policy's tokenizer, which no file records)."""
+    policy's tokens, which the sampler draws from the tokenizer's ids only; load_params checks
+    that its vocabulary holds them and that it was trained on that tokenizer."""
     model_config = params_io.source_shape(source, s.model_config, key)
-    if model_config.vocab_size < s.model_config.vocab_size:
-        raise ConfigError(f"config.{key}={source!r}: vocab_size={model_config.vocab_size}, fewer "
-                          f"ids than the policy samples (config.model vocab_size="
-                          f"{s.model_config.vocab_size}); a critic or reward model reads the "
-                          f"policy's tokens")
     if model_config != s.model_config:
         log.info("config.%s=%r: a model of its own shape (%d layers, hidden %d)", key, source,
                  model_config.num_layers, model_config.hidden_size)
