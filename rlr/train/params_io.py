@@ -88,11 +88,11 @@ def _fresh_score_head(model: Transformer, mesh, rng: jax.Array) -> dict:
                                    target["bias"].sharding)}
 
 
-def _load_export(model: Transformer, source: str, mesh, rng: jax.Array) -> Any:
-    """Params of `model` from the export of an rlr run (see export_params)."""
+def _load_export(model: Transformer, source: str, info: dict, mesh, rng: jax.Array) -> Any:
+    """Params of `model` from the export of an rlr run (see export_params), `info` its
+    params_info.json."""
     import orbax.checkpoint as ocp
 
-    info = _read_params_info(source)
     exported = Transformer(model.config, head=info["head"])
     if info["head"] == "score" and model.head == "lm":
         raise CheckpointError(f"{source}: exported a score-head model; a policy (head 'lm') cannot "
@@ -145,6 +145,12 @@ def is_hf_checkpoint(source: str) -> bool:
                         for name in (PARAMS_INFO, "checkpoints", "config.txt")))
 
 
+def _numerics(config: ModelConfig) -> dict:
+    """config's NUMERICS fields (how the model computes): the overrides a source's own shape is
+    read with."""
+    return {name: getattr(config, name) for name in NUMERICS}
+
+
 def source_shape(source: Optional[str], model_config: ModelConfig, key: Optional[str] = None
                  ) -> ModelConfig:
     """The shape of the model whose params `source` holds, computing with `model_config`'s
@@ -156,12 +162,11 @@ def source_shape(source: Optional[str], model_config: ModelConfig, key: Optional
     if not source:
         return model_config
     given = f"config.{key}={source!r}: " if key else ""
-    numerics = {name: getattr(model_config, name) for name in NUMERICS}
     if is_hf_checkpoint(source):
         from rlr.models.hf_io import read_hf_config
 
         try:
-            return read_hf_config(source, **numerics)
+            return read_hf_config(source, **_numerics(model_config))
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{given}{e}") from None
     if not os.path.isfile(os.path.join(source, PARAMS_INFO)):
@@ -188,7 +193,8 @@ def load_params(model: Transformer, source: Optional[str], mesh: jax.sharding.Me
     - a Hugging Face checkpoint directory (holding config.json): hf_io.load_hf_checkpoint
       (its shape must match model.config).
     `tokenizer`, when given, must fit the vocabulary and be the one the params were trained on
-    (check_tokenizer). `reward_model`: the params score with the
+    (its Tokenizer.fingerprint: the one an export recorded, or a Hugging Face directory's
+    tokenizer.json; a source recording none passes). `reward_model`: the params score with the
     head they hold (an ORM, PRM or Bradley-Terry RM), so a source without a trained score head (none,
     an "lm" export, a causal-LM Hugging Face checkpoint) is an error, not a fresh random head.
     Errors name the source, and the config `key` that gave it when given (config_source).
@@ -206,15 +212,20 @@ def load_params(model: Transformer, source: Optional[str], mesh: jax.sharding.Me
     if not os.path.isdir(source):
         raise CheckpointError(f"{given}{source}: no such directory (expected the workdir of an earlier "
                               f"rlr run, holding {PARAMS_INFO}, or a Hugging Face checkpoint directory)")
-    if tokenizer is not None:
-        check_tokenizer(source, tokenizer, given)
     if os.path.isfile(os.path.join(source, PARAMS_INFO)):
-        if reward_model and _read_params_info(source)["head"] != "score":
+        info = _read_params_info(source)
+        if tokenizer is not None:
+            _check_fingerprint(info.get("tokenizer"), "the run that exported them", tokenizer,
+                               given, source)
+        if reward_model and info["head"] != "score":
             _no_score_head(given, source, "an rlr run that exported a language model (head 'lm')")
-        return _load_export(model, source, mesh, rng)
+        return _load_export(model, source, info, mesh, rng)
     if is_hf_checkpoint(source):
         from rlr.models.hf_io import has_score_head
 
+        if tokenizer is not None:
+            _check_fingerprint(_hf_fingerprint(source, given), "its tokenizer.json", tokenizer,
+                               given, source)
         if reward_model and not has_score_head(source):
             _no_score_head(given, source, "a Hugging Face causal LM (no score.weight tensor)")
         return _load_hf(model, source, mesh, rng)
@@ -222,24 +233,26 @@ def load_params(model: Transformer, source: Optional[str], mesh: jax.sharding.Me
                           f"that run finish?) nor a Hugging Face config.json")
 
 
-def check_tokenizer(source: str, tokenizer: Tokenizer, given: str = "") -> None:
-    """Raise CheckpointError (prefixed by `given`) when the params at `source` were trained on
-    another tokenizer's ids than `tokenizer`'s (Tokenizer.fingerprint): the one an rlr export
-    recorded, or a Hugging Face directory's tokenizer.json. A source recording none passes (a
-    tokenizer.json that does not load is named in a warning)."""
-    if os.path.isfile(os.path.join(source, PARAMS_INFO)):
-        theirs, what = _read_params_info(source).get("tokenizer"), "the run that exported them"
-    elif is_hf_checkpoint(source) and os.path.isfile(os.path.join(source, "tokenizer.json")):
-        from rlr.data.tokenizer import load_tokenizer
+def _hf_fingerprint(source: str, given: str) -> Optional[str]:
+    """The Tokenizer.fingerprint of a Hugging Face directory's tokenizer.json; None when it has
+    none, or when it does not load (named in a warning)."""
+    if not os.path.isfile(os.path.join(source, "tokenizer.json")):
+        return None
+    from rlr.data.tokenizer import load_tokenizer
 
-        try:
-            theirs, what = load_tokenizer(source).fingerprint(), "its tokenizer.json"
-        except (OSError, ValueError) as e:
-            log.warning("%s%s/tokenizer.json: not compared with this run's tokenizer (%s)", given,
-                        source, e)
-            return
-    else:
-        return
+    try:
+        return load_tokenizer(source).fingerprint()
+    except (OSError, ValueError) as e:
+        log.warning("%s%s/tokenizer.json: not compared with this run's tokenizer (%s)", given,
+                    source, e)
+        return None
+
+
+def _check_fingerprint(theirs: Optional[str], what: str, tokenizer: Tokenizer, given: str,
+                       source: str) -> None:
+    """Raise CheckpointError (prefixed by `given`) when the params at `source` were trained on
+    the ids of another tokenizer (fingerprint `theirs`, from `what`) than `tokenizer`; None
+    (not recorded) passes."""
     if theirs is not None and theirs != tokenizer.fingerprint():
         raise CheckpointError(f"{given}{source}: its params were trained on the ids of another "
                               f"tokenizer ({what}: fingerprint {theirs}) than the one this run reads "
@@ -257,9 +270,8 @@ def _load_hf(model: Transformer, source: str, mesh, rng: jax.Array) -> Any:
     from rlr.models.hf_io import load_hf_checkpoint
 
     c = model.config
-    overrides = dict(param_dtype=c.param_dtype, dtype=c.dtype, remat=c.remat, attention=c.attention)
-    config, params = load_hf_checkpoint(source, mesh, config_overrides=overrides, head=model.head,
-                                        rng=rng)
+    config, params = load_hf_checkpoint(source, mesh, config_overrides=_numerics(c),
+                                        head=model.head, rng=rng)
     shape = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
              "num_kv_heads", "head_dim", "tie_embeddings", "qkv_bias")
     for field in shape:
