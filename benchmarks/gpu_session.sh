@@ -30,7 +30,7 @@ if ! python3 -c "import ml_collections" 2>/dev/null; then
   export PYTHONPATH=/tmp/rlr-site${PYTHONPATH:+:$PYTHONPATH}
 fi
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python3 -c "import jax, torch, transformers; print('jax', jax.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
+  python3 -c "import jax, flax, torch, transformers; print('jax', jax.__version__, '| flax', flax.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
 } > "$OUT/device.txt" 2>&1
 cat "$OUT/device.txt"
 
