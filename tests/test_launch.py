@@ -3,6 +3,8 @@ errors, the written config, trainer dispatch and subcommands, config.model -> Mo
 import importlib
 import json
 import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import pytest
@@ -134,6 +136,19 @@ def test_subcommands_dispatch(monkeypatch):
     assert launch.main(["hello", "--x", "1"]) == 3 and calls == [["--x", "1"]]
     monkeypatch.setitem(launch.SUBCOMMANDS, "path", "os.path:basename")
     assert launch._resolve(launch.SUBCOMMANDS["path"]) is os.path.basename
+
+
+def test_python_dash_m_rlr_is_the_console_script():
+    """`python -m rlr` runs rlr.launch.main: its help lists the subcommands, its errors exit 2."""
+    def rlr(*args):
+        return subprocess.run([sys.executable, "-m", "rlr", *args], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    shown = rlr("--help")
+    assert shown.returncode == 0 and "Subcommands: " in shown.stdout
+    assert all(name in shown.stdout for name in launch.SUBCOMMANDS)
+    missing = rlr("--config", "experiments/no_such_experiment.py")
+    assert missing.returncode == 2 and "no_such_experiment.py" in missing.stderr
 
 
 def test_model_config_from_config_group(tmp_path):
