@@ -216,9 +216,8 @@ def judge_scorer(s: Setup, source: str, tokenizer: str, where: str, data: Any,
     `loaded`: params already on the mesh by source path (a PPO run's ORM), used instead of a
     second copy."""
     judge = reward_model_setup(s, source, tokenizer, where)
-    if loaded and os.path.abspath(source) in loaded:
-        params = loaded[os.path.abspath(source)]
-    else:
+    params = (loaded or {}).get(os.path.abspath(source))
+    if params is None:
         params = params_io.load_params(Transformer(judge.model_config, head="score"), source, s.mesh,
                                        rng, judge.tokenizer, key=f"{where}.rm_source", reward_model=True)
     d = as_data_config(data)
