@@ -1,18 +1,21 @@
 """rlr: reinforcement learning of language models from rewards, in JAX."""
 from setuptools import find_packages, setup
 
-# The floors are the oldest versions `make test` passes on (jax 0.10.2 with flax 0.12.2).
-# flax < 0.11.2 finds a mesh only in a `with mesh:` block, not in jax.set_mesh, so it drops
-# every nn.with_logical_constraint without a word; flax < 0.12.2 hands jax.checkpoint the
-# `concrete` argument jax 0.10 removed (nn.remat fails); jax < 0.10 lacks
-# jax.extend.core.jaxprs_in_params (benchmarks/flops.py, tests/test_sampling.py); under
-# jaxlib 0.10.0 and 0.10.1, XLA:CPU's compiled peaks, to which tests/test_memory.py holds
-# rlr.parallel.memory's estimates, reach 1.9x the estimate (within 20% under 0.10.2).
+# The floors are the oldest versions `make test` passes on, all together (2026-12-06):
+# - flax < 0.11.2 finds a mesh only in a `with mesh:` block, not in jax.set_mesh, so it drops
+#   every nn.with_logical_constraint without a word; flax < 0.12.2 hands jax.checkpoint the
+#   `concrete` argument jax 0.10 removed (nn.remat fails);
+# - jax < 0.10 lacks jax.extend.core.jaxprs_in_params (benchmarks/flops.py, the tests); under
+#   jaxlib 0.10.0 and 0.10.1, XLA:CPU's compiled peaks, to which tests/test_memory.py holds
+#   rlr.parallel.memory's estimates, reach 1.9x the estimate (within 20% under 0.10.2);
+# - orbax-checkpoint < 0.11.21 has no ArrayHandler(min_slice_bytes_for_replica_parallel=)
+#   (rlr.train.checkpoint); optax < 0.2.5 no optax.tree.norm; gguf < 0.16 no
+#   ReaderField.contents, and gguf < 0.13 calls ndarray.newbyteorder, gone in numpy 2.
 CORE = [
     "jax>=0.10.2",
     "flax>=0.12.2",
-    "optax",
-    "orbax-checkpoint",
+    "optax>=0.2.5",
+    "orbax-checkpoint>=0.11.21",
     "chex",
     "ml_collections",
     "numpy",
@@ -25,7 +28,7 @@ CORE = [
     "tensorboardX",
     "tqdm",
     "matplotlib",
-    "gguf",
+    "gguf>=0.16",
 ]
 EXTRAS = {
     # Parity tests build reference models with Hugging Face transformers on PyTorch (CPU).
