@@ -7,12 +7,14 @@ from setuptools import find_packages, setup
 #   `concrete` argument jax 0.10 removed (nn.remat fails);
 # - jax < 0.10 lacks jax.extend.core.jaxprs_in_params (benchmarks/flops.py, the tests); under
 #   jaxlib 0.10.0 and 0.10.1, XLA:CPU's compiled peaks, to which tests/test_memory.py holds
-#   rlr.parallel.memory's estimates, reach 1.9x the estimate (within 20% under 0.10.2);
+#   rlr.parallel.memory's estimates, reach 1.9x the estimate (within 20% under 0.10.2), and
+#   jax 0.10.2 itself accepts jaxlib 0.10.1, so jaxlib has its own floor;
 # - orbax-checkpoint < 0.11.21 has no ArrayHandler(min_slice_bytes_for_replica_parallel=)
 #   (rlr.train.checkpoint); optax < 0.2.5 no optax.tree.norm; gguf < 0.16 no
 #   ReaderField.contents, and gguf < 0.13 calls ndarray.newbyteorder, gone in numpy 2.
 CORE = [
     "jax>=0.10.2",
+    "jaxlib>=0.10.2",
     "flax>=0.12.2",
     "optax>=0.2.5",
     "orbax-checkpoint>=0.11.21",
