@@ -141,8 +141,7 @@ def test_subcommands_dispatch(monkeypatch):
 def test_python_dash_m_rlr_is_the_console_script():
     """`python -m rlr` runs rlr.launch.main: its help lists the subcommands, its errors exit 2."""
     def rlr(*args):
-        return subprocess.run([sys.executable, "-m", "rlr", *args], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        return subprocess.run([sys.executable, "-m", "rlr", *args], capture_output=True, text=True)
 
     shown = rlr("--help")
     assert shown.returncode == 0 and "Subcommands: " in shown.stdout
