@@ -13,7 +13,10 @@ Variants (FACTORS, each adds one factor to the one before):
   adv_norm      + advantages whitened over the batch
   large_batch   + LARGE_BATCH x the prompts an iteration, / LARGE_BATCH the iterations: the same
                 number of sampled responses (the same budget), fewer and larger updates (the
-                number of minibatches stays 4, as in the paper)
+                number of minibatches stays 4, as in the paper); where its LARGE_BATCH x larger
+                minibatches do not fit (hh_rlhf_*), --config.optim.grad_accum_steps=4 and
+                --config.critic_optim.grad_accum_steps=4 take the same updates in the memory of
+                the small batch
   ema_ref       + reference <- decay * reference + (1 - decay) * policy after each iteration
 Everything else is fixed: GAE with gamma = lambda = 1, value normalisation, KL in the reward,
 the raw (no sigmoid) reward-model score at the last token clipped to +-20.

@@ -91,6 +91,28 @@ def test_resume_gives_the_straight_run(init, straight, tmp_path, caplog):
         np.testing.assert_allclose(resumed[key], reference[key], atol=1e-6, rtol=0, err_msg=key)
 
 
+def test_grad_accumulation_logs_the_metrics_of_one_pass(init, tmp_path):
+    """sft.batch_size 16 over the 8 devices in optim.grad_accum_steps=2 micro-batches: the same
+    logged loss and grad norm at every step as in one pass (the loop passes the setting to the
+    step; tests/test_train_step_numerics.py compares the gradients themselves)."""
+    logged = []
+    for accum in (1, 2):
+        config = sft_config(2, init)
+        config.sft.batch_size, config.optim.grad_accum_steps = 16, accum
+        workdir = str(tmp_path / f"accum{accum}")
+        sft.train(config, workdir)
+        logged.append([(line["loss"], line["grad_norm"], line["num_tokens"])
+                       for line in read_jsonl(f"{workdir}/metrics.jsonl") if "loss" in line])
+    assert len(logged[0]) == 2
+    np.testing.assert_allclose(logged[1], logged[0], rtol=1e-5)
+    config = sft_config(2, init)
+    config.optim.grad_accum_steps = 2  # 8 rows: one a device, not two
+    with pytest.raises(ConfigError, match=r"config\.sft\.batch_size=8: expected a positive multiple "
+                                          r"of the mesh's data x fsdp = 8 devices x "
+                                          r"optim\.grad_accum_steps = 16"):
+        sft.train(config, str(tmp_path / "bad"))
+
+
 def test_export_loads_into_a_score_model(straight):
     policy, scorer = _flat(_load(straight[0])), _flat(_load(straight[0], head="score"))
     assert "lm_head" in policy and "lm_head" not in scorer

@@ -1,7 +1,7 @@
 """Losses: pure functions of arrays returning (loss, metrics). One file a family (ppo, dpo,
 reward_model, sft); masked holds the masked reductions they share."""
 from rlr.losses.dpo import DPO_KINDS, dpo_loss, sequence_logp, simpo_loss
-from rlr.losses.masked import AGGREGATIONS, aggregate, aggregation_weights, masked_mean
+from rlr.losses.masked import AGGREGATIONS, aggregate, aggregation_count, aggregation_weights, masked_mean
 from rlr.losses.ppo import (
     KL_KINDS,
     RunningMeanStd,
@@ -35,6 +35,7 @@ __all__ = [
     "KL_KINDS",
     "RunningMeanStd",
     "aggregate",
+    "aggregation_count",
     "aggregation_weights",
     "bradley_terry_loss",
     "broadcast_to_tokens",

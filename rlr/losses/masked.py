@@ -56,17 +56,25 @@ def aggregation_weights(mask: jax.Array, mode: str = "token_mean") -> jax.Array:
     least one valid token; rows with no valid token get weight 0 and do not count in S.
     Denominators are clamped at 1, so an all-padding batch gives weights 0.
     """
+    m = as_mask(mask).astype(jnp.float32)
+    count = jnp.maximum(aggregation_count(mask, mode), 1.0)
+    if mode == "seq_mean":
+        return m / jnp.maximum(jnp.sum(m, axis=-1, keepdims=True), 1.0) / count
+    return m / count
+
+
+def aggregation_count(mask: jax.Array, mode: str = "token_mean") -> jax.Array:
+    """The number of items ``aggregate`` averages over, float32 []: the valid tokens of ``mask``
+    [B, T] (``token_mean``), or its sequences with at least one valid token (``seq_mean``,
+    ``seq_mean_token_sum``). A loss over part of the rows times its count, summed over the parts
+    and divided by the whole count, is the loss of the whole (``rlr.train.accumulate``)."""
     chex.assert_rank(mask, 2)
     if mode not in AGGREGATIONS:
         raise ValueError(f"rlr/losses/masked.py: aggregation must be one of {AGGREGATIONS}, got {mode!r}")
-    m = as_mask(mask).astype(jnp.float32)
+    valid = as_mask(mask)
     if mode == "token_mean":
-        return m / jnp.maximum(jnp.sum(m), 1.0)
-    tokens_per_seq = jnp.sum(m, axis=-1, keepdims=True)  # [B, 1]
-    num_seqs = jnp.maximum(jnp.sum(tokens_per_seq > 0), 1).astype(jnp.float32)
-    if mode == "seq_mean":
-        return m / jnp.maximum(tokens_per_seq, 1.0) / num_seqs
-    return m / num_seqs
+        return jnp.sum(valid, dtype=jnp.float32)
+    return jnp.sum(jnp.any(valid, axis=-1), dtype=jnp.float32)
 
 
 def aggregate(per_token: jax.Array, mask: jax.Array, mode: str = "token_mean") -> jax.Array:

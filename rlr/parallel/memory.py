@@ -478,6 +478,7 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
                     rollout: Optional[tuple[int, int, int, int]] = None,
                     scoring: Optional[tuple[int, int]] = None, prefill_chunk: int = 0,
                     chunk_size: int = 128, donate: bool = True, head: str = "lm",
+                    grad_accum_steps: int = 1, critic_grad_accum_steps: Optional[int] = None,
                     rules=DEFAULT_RULES) -> MemoryEstimate:
     """Bytes per device of a training step of `model_config` on `mesh`, the trained model an
     LM-head policy (head="lm"), or a score-head reward model trained alone (head="score"):
@@ -485,10 +486,12 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
       params          = P(head) [+ P_critic(score)] + references x P_ref
                         + sum of P(score) over `reward_models` and `scorers`
       optimizer_state = O(head) [+ O_critic(score)]      (optimizer_state_bytes)
-      gradients       = max(P(head), P_critic(score)) and
-      activations     = max(activation_bytes(head), the critic's activation_bytes(score)): the
-                        policy's and the critic's passes are not alive at once
-                        (rlr.train.ppo_step.ppo_update runs the critic's steps after the policy's)
+      gradients       = max(G(head), G_critic(score)), G = P, plus P in float32 (the sum that
+                        rlr.train.accumulate keeps) with grad_accum_steps A > 1, and
+      activations     = max(activation_bytes(head), the critic's activation_bytes(score)) of
+                        batch / A rows: the policy's and the critic's passes are not alive at
+                        once (rlr.train.ppo_step.ppo_update runs the critic's steps after the
+                        policy's), nor are two micro-batches
       batch_inputs    = 4 int32/bool arrays [rows, T] (tokens, positions, masks)
 
     and, with rollout=(prompts, prompt_len, new_tokens, samples) (`prompts` prompts in a bucket
@@ -511,19 +514,31 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
     with bfloat16 compute, changes no number). Without `donate`,
     the step writes new params and optimizer state next to the old ones: params and
     optimizer_state of the trained models count twice.
-    `batch` is the number of model rows a step runs (DPO: 2 x pairs; PPO: one minibatch).
+    `batch` is the number of model rows a step runs (DPO: 2 x pairs; PPO: one minibatch), in
+    `grad_accum_steps` micro-batches (the critic's: `critic_grad_accum_steps`, default the same).
     remat: none | full | dots of the trained models (default: each one's config.remat).
     """
     sizes = mesh_sizes(mesh)
+
+    def gradient_bytes(config: ModelConfig, model_head: str, accum: int) -> int:
+        grads = param_bytes(config, sizes, model_head, rules)
+        if accum > 1:
+            grads += param_bytes(config.replace(param_dtype=jnp.float32), sizes, model_head, rules)
+        return grads
+
     policy = param_bytes(model_config, sizes, head, rules)
     opt = optimizer_state_bytes(model_config, sizes, optimizer, head, rules)
-    acts = activation_bytes(model_config, sizes, batch, seq_len, remat, chunk_size, head, rules)
+    acts = activation_bytes(model_config, sizes, batch // grad_accum_steps, seq_len, remat,
+                            chunk_size, head, rules)
+    grads = gradient_bytes(model_config, head, grad_accum_steps)
     critic_params = 0
     if critic is not None:
+        critic_accum = critic_grad_accum_steps or grad_accum_steps
         critic_params = param_bytes(critic, sizes, "score", rules)
         opt += optimizer_state_bytes(critic, sizes, optimizer, "score", rules)
-        acts = max(acts, activation_bytes(critic, sizes, batch, seq_len, remat, chunk_size,
-                                          "score", rules))
+        acts = max(acts, activation_bytes(critic, sizes, batch // critic_accum, seq_len, remat,
+                                          chunk_size, "score", rules))
+        grads = max(grads, gradient_bytes(critic, "score", critic_accum))
     trained = policy + critic_params
     ref_config = model_config.replace(param_dtype=reference_dtype or model_config.param_dtype)
     reference = references * param_bytes(ref_config, sizes, "lm", rules)
@@ -547,6 +562,6 @@ def estimate_memory(model_config: ModelConfig, mesh: MeshLike = None, batch: int
         scored = max(scoring_activation_bytes(c, sizes, *scoring, chunk_size, h, rules)
                      for c, h in scored_models)
     return MemoryEstimate(
-        params=params, optimizer_state=opt, gradients=max(policy, critic_params), activations=acts,
+        params=params, optimizer_state=opt, gradients=grads, activations=acts,
         kv_cache=cache, decode_weights=decode_weights, sampler_activations=sampler,
         scoring_activations=scored, batch_inputs=rows * seq_len * (4 + 4 + 1 + 1))

@@ -67,7 +67,7 @@ from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler, bucket_length as sampler_bucket
 from rlr.train import common, dpo_step, label, params_io, sequences, tasks
 from rlr.train.metrics import MetricsWriter
-from rlr.train.optim import make_optimizer
+from rlr.train.optim import as_optim_config, make_optimizer
 from rlr.train.preferences import (FLAWED_MODES, Pair, PairRows, best_worst_pairs, corrupt_pairs,
                                    dataset_pairs, encode_pairs, eval_batches, hold_out,
                                    labelled_pairs, pair_iterator, read_pairs, write_pairs)
@@ -280,7 +280,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     data = tasks.as_data_config(config.data)
     pref = c.preference()
     sampled = c.pairs == "sampled"
-    check_batch_size(c.batch_size, s.mesh, "dpo.batch_size")
+    optim = as_optim_config(config.optim)
+    check_batch_size(c.batch_size, s.mesh, "dpo.batch_size", optim.grad_accum_steps)
     check_batch_size(config.eval.batch_size, s.mesh, "eval.batch_size")
     if sampled:
         check_batch_size(c.sample_batch_size, s.mesh, "dpo.sample_batch_size")
@@ -297,7 +298,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     params = params_io.load_params(model, source, s.mesh, init_rng, s.tokenizer, key=key)
     # A copy: the train step donates the policy's buffers.
     reference = jax.tree.map(jnp.copy, params) if pref.uses_reference else None
-    optimizer = make_optimizer(config.optim)
+    optimizer = make_optimizer(optim)
     state = {"policy": create_train_state(params, optimizer, state_rng)}
     if sampled and c.refresh_reference and pref.uses_reference:
         state["reference"] = reference
@@ -315,7 +316,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         common.log_memory_estimate("dpo", estimate_memory(
             s.model_config, s.mesh, 2 * c.batch_size, seq_len, optimizer=optimizer,
             references=references, scorers=scorers, rollout=rollout,
-            prefill_chunk=c.prefill_chunk, chunk_size=c.logprob_chunk), s.mesh)
+            prefill_chunk=c.prefill_chunk, chunk_size=c.logprob_chunk,
+            grad_accum_steps=optim.grad_accum_steps), s.mesh)
 
     prompt_length = response_length = None
     if sampled:
@@ -336,8 +338,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return encode_pairs(s.tokenizer, pairs, data, c.max_prompt_len, prompt_length, response_length,
                             max_prompt_key="config.dpo.max_prompt_len")
 
-    step = jax.jit(functools.partial(dpo_step.train_step, model=model, optimizer=optimizer, config=pref),
-                   donate_argnums=0)
+    step = jax.jit(functools.partial(dpo_step.train_step, model=model, optimizer=optimizer, config=pref,
+                                     grad_accum_steps=optim.grad_accum_steps), donate_argnums=0)
     writer = MetricsWriter(workdir)
     rounds = _Rounds(c, config.seed, workdir, make_round, encode, writer, config.logging.num_samples)
 

@@ -23,6 +23,7 @@ from rlr.losses.dpo import DPO_KINDS, dpo_loss, sequence_logp, simpo_loss
 from rlr.losses.masked import masked_mean
 from rlr.models import Transformer
 from rlr.train import sequences
+from rlr.train.accumulate import accumulated_grad
 from rlr.train.state import TrainState, apply_gradients
 
 LOSSES = DPO_KINDS + ("simpo",)
@@ -155,15 +156,19 @@ def loss_fn(params: Any, reference: Optional[PairLogps], batch: PairBatch, model
 
 
 def train_step(state: TrainState, ref_params: Any, batch: PairBatch, *, model: Transformer,
-               optimizer: optax.GradientTransformation,
-               config: PreferenceConfig) -> tuple[TrainState, dict]:
-    """One DPO update: the reference log-probs once (from `ref_params`; None for SimPO), grads of
-    loss_fn w.r.t. the policy, apply_gradients. Returns (state, metrics of preference_loss plus
-    grad_norm and pairs, the number of valid pairs). Jit it with model / optimizer / config
-    static; state, ref_params and batch are traced."""
-    reference = reference_logps(model, ref_params, batch, config)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, reference, batch, model, config)
+               optimizer: optax.GradientTransformation, config: PreferenceConfig,
+               grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+    """One DPO update: the reference log-probs (from `ref_params`; None for SimPO), grads of
+    loss_fn w.r.t. the policy, apply_gradients; with grad_accum_steps > 1 both run a micro-batch
+    of pairs at a time (``rlr.train.accumulate``, C_i = the micro-batch's valid pairs). Returns
+    (state, metrics of preference_loss plus grad_norm and pairs, the number of valid pairs). Jit
+    it with model / optimizer / config / grad_accum_steps static; state, ref_params and batch
+    are traced."""
+    def objective(params, pairs: PairBatch):
+        return loss_fn(params, reference_logps(model, ref_params, pairs, config), pairs, model, config)
+
+    grads, metrics = accumulated_grad(objective, state.params, batch, grad_accum_steps,
+                                      lambda pairs: jnp.sum(pairs.pair_mask, dtype=jnp.float32))
     state, grad_norm = apply_gradients(state, grads, optimizer)
     pairs = jnp.sum(batch.pair_mask.astype(jnp.float32))
     return state, {**metrics, "grad_norm": grad_norm, "pairs": pairs}

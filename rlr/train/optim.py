@@ -31,6 +31,7 @@ class OptimConfig:
     eps: float = 1e-8  # Adam denominator epsilon
     weight_decay: float = 0.0  # decoupled weight decay (not on norm scales and biases)
     max_grad_norm: float = 1.0  # clip gradients to this global norm; 0 disables clipping
+    grad_accum_steps: int = 1  # an update's batch runs in this many micro-batches, their gradients summed (same update, 1/n of the activation memory)
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -38,6 +39,8 @@ class OptimConfig:
         if self.warmup_steps < 0 or self.total_steps < 1:
             raise ConfigError(f"optim.warmup_steps={self.warmup_steps}, optim.total_steps="
                              f"{self.total_steps}: expected warmup_steps >= 0, total_steps >= 1")
+        if self.grad_accum_steps < 1:
+            raise ConfigError(f"optim.grad_accum_steps={self.grad_accum_steps}: expected >= 1")
         if self.schedule != "constant" and self.warmup_steps >= self.total_steps:
             raise ConfigError(f"optim.warmup_steps={self.warmup_steps} must be < optim.total_steps="
                              f"{self.total_steps} for the {self.schedule!r} schedule")

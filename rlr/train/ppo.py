@@ -389,17 +389,24 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
 # ----------------------------------------------------------------------------- the loop
 
 
-def _check_sizes(c: PPOConfig, n: int, mesh) -> None:
-    """The prompts of an iteration must divide over the mesh's data x fsdp devices, and the
+def _check_sizes(c: PPOConfig, n: int, mesh, optims: dict[str, OptimConfig]) -> None:
+    """The prompts of an iteration must divide over the mesh's data x fsdp devices, the
     rollout rows into config.ppo.num_minibatches equal minibatches and config.ppo.scoring_slices
-    equal slices (a minibatch or slice that does not divide over the devices is padded by XLA:
-    it runs, a little less efficiently)."""
+    equal slices, and a minibatch into each optimizer's grad_accum_steps micro-batches (`optims`:
+    config key -> OptimConfig); a minibatch, slice or micro-batch that does not divide over the
+    devices is padded by XLA: it runs, a little less efficiently."""
     check_batch_size(c.prompts_per_iteration, mesh, "ppo.prompts_per_iteration")
     rows = c.prompts_per_iteration * n
     for key in ("num_minibatches", "scoring_slices"):
         if rows % getattr(c, key):
             raise ConfigError(f"config.ppo.{key}={getattr(c, key)}: must divide the {rows} rollout "
                               f"rows (prompts_per_iteration x sampling.num_samples)")
+    minibatch = rows // c.num_minibatches
+    for key, optim in optims.items():
+        if minibatch % optim.grad_accum_steps:
+            raise ConfigError(f"config.{key}.grad_accum_steps={optim.grad_accum_steps}: must divide "
+                              f"a minibatch of {minibatch} rows (the {rows} rollout rows / "
+                              f"ppo.num_minibatches)")
 
 
 class Run(NamedTuple):
@@ -441,16 +448,18 @@ def make_run(config: ml_collections.ConfigDict, s: common.Setup) -> Run:
     sampling = as_sampling(config.sampling)
     n = sampling.num_samples
     _check_rewards(spec, rewards, tasks.as_data_config(config.data).task)
-    _check_sizes(c, n, s.mesh)
     update_config = c.update_config()
+    optims = {"optim": as_optim_config(config.optim)}
+    if update_config.use_critic:
+        optims["critic_optim"] = as_optim_config(config.critic_optim)
+    _check_sizes(c, n, s.mesh, optims)
     critic = (_score_model(s, *params_io.config_source(config, *CRITIC_SOURCE_KEYS))
               if update_config.use_critic else None)
     orm, prm = (_score_model(s, source, f"rewards.{name}_source") if source else None
                 for name, source in (("orm", rewards.orm_source), ("prm", rewards.prm_source)))
     models = Models(Transformer(s.model_config), critic, orm, prm)
     return Run(c, spec, rewards, sampling, c.scoring_config(n, rewards), update_config,
-               as_optim_config(config.optim),
-               as_optim_config(config.critic_optim) if update_config.use_critic else None, models)
+               optims["optim"], optims.get("critic_optim"), models)
 
 
 def memory_estimate(s: common.Setup, run: Run, prompt_len: int, response_len: int,
@@ -458,7 +467,8 @@ def memory_estimate(s: common.Setup, run: Run, prompt_len: int, response_len: in
     """rlr.parallel.memory's bytes a device of an iteration: the rollout of
     ppo.prompts_per_iteration x num_samples responses of `response_len` tokens after prompts of
     `prompt_len` slots, its scoring (one of ppo.scoring_slices row slices at a time) and the
-    update of one minibatch of those rows, with every model of the run alive (policy and
+    update of one minibatch of those rows (in each optimizer's grad_accum_steps micro-batches),
+    with every model of the run alive (policy and
     reference of config.model; critic with GAE, ORM, PRM and the evaluation's reward models,
     `eval_reward_models` (common.eval_reward_models), of their own shapes)."""
     prompts, seq_len = run.ppo.prompts_per_iteration, prompt_len + response_len
@@ -471,7 +481,9 @@ def memory_estimate(s: common.Setup, run: Run, prompt_len: int, response_len: in
         reward_models=[m.config for m in (run.models.orm, run.models.prm) if m is not None],
         scorers=eval_reward_models,
         rollout=(prompts, prompt_len, response_len, n), prefill_chunk=run.sampling.prefill_chunk,
-        scoring=(rows // run.ppo.scoring_slices, seq_len), chunk_size=run.ppo.logprob_chunk)
+        scoring=(rows // run.ppo.scoring_slices, seq_len), chunk_size=run.ppo.logprob_chunk,
+        grad_accum_steps=run.policy_optim.grad_accum_steps,
+        critic_grad_accum_steps=run.critic_optim.grad_accum_steps if run.critic_optim else None)
 
 
 def initial_state(config: ml_collections.ConfigDict, s: common.Setup, run: Run,

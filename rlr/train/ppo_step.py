@@ -24,11 +24,12 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from rlr.losses.masked import AGGREGATIONS, aggregate
+from rlr.losses.masked import AGGREGATIONS, aggregate, aggregation_count
 from rlr.losses.ppo import (KL_KINDS, RunningMeanStd, entropy_loss, kl_penalty, policy_loss,
                             running_stats_normalize, value_loss)
 from rlr.parallel import batch_sharding
 from rlr.train import sequences
+from rlr.train.accumulate import accumulated_grad
 from rlr.train.optim import OptimConfig, make_optimizer
 from rlr.train.state import TrainState, apply_gradients
 
@@ -198,8 +199,10 @@ def ppo_update(policy: TrainState, critic: Optional[TrainState],
     """config.epochs passes over ``batch``, each over config.num_minibatches shuffled minibatches;
     at each minibatch one optimizer step of the policy on ``policy_objective`` and (with a critic)
     one of the critic on ``critic_objective``, with separate optimizers (``make_optimizer`` of
-    ``policy_optim`` / ``critic_optim``). The policy's steps are one ``lax.scan`` over all
-    epochs x minibatches, the critic's a second over the same minibatches (the two are
+    ``policy_optim`` / ``critic_optim``), each minibatch's gradient summed over the optimizer's
+    grad_accum_steps micro-batches (``rlr.train.accumulate`` with C_i = the micro-batch's
+    ``aggregation_count``: the gradient of the whole minibatch). The policy's steps are one
+    ``lax.scan`` over all epochs x minibatches, the critic's a second over the same minibatches (the two are
     independent: a loop body doing both would hold both passes' buffers at once), so the whole
     update is one compiled program.
 
@@ -215,17 +218,21 @@ def ppo_update(policy: TrainState, critic: Optional[TrainState],
     if config.use_critic != (critic is not None):
         raise ValueError(f"ppo_update: config.use_critic={config.use_critic} but a critic state "
                          f"was {'not ' if critic is None else ''}given")
-    policy_optimizer = make_optimizer(policy_optim)
-    critic_optimizer = None if critic is None else make_optimizer(critic_optim)
     rows = minibatch_rows(rng, batch.response_tokens.shape[0], config.epochs,
                           config.num_minibatches)
 
-    def optimizer_steps(state: TrainState, objective, optimizer, prefix: str):
+    def count(minibatch: PPOBatch) -> jax.Array:
+        return aggregation_count(minibatch.response_mask, config.aggregation)
+
+    def optimizer_steps(state: TrainState, objective, optim: OptimConfig, prefix: str):
         """One lax.scan: an optimizer step of `state` on objective(params, minibatch) a
         minibatch; its metrics and grad_norm under `prefix`/, stacked over the minibatches."""
+        optimizer = make_optimizer(optim)
+
         def step(state, mb_rows):
-            grads, metrics = jax.grad(objective, has_aux=True)(
-                state.params, _take_rows(batch, mb_rows, mesh))
+            minibatch = _take_rows(batch, mb_rows, mesh)
+            grads, metrics = accumulated_grad(objective, state.params, minibatch,
+                                              optim.grad_accum_steps, count)
             state, grad_norm = apply_gradients(state, grads, optimizer)
             return state, {f"{prefix}/{k}": v for k, v in {**metrics, "grad_norm": grad_norm}.items()}
 
@@ -233,12 +240,12 @@ def ppo_update(policy: TrainState, critic: Optional[TrainState],
 
     policy, stacked = optimizer_steps(
         policy, functools.partial(policy_objective, model=policy_model, config=config),
-        policy_optimizer, "policy")
+        policy_optim, "policy")
     if critic is not None:
         critic, critic_stacked = optimizer_steps(
             critic, functools.partial(critic_objective, value_stats=value_stats,
                                       model=critic_model, config=config),
-            critic_optimizer, "critic")
+            critic_optim, "critic")
         stacked.update(critic_stacked)
     metrics = {k: jnp.mean(v) for k, v in stacked.items()}
     metrics["policy/log_ratio_max"] = jnp.max(stacked["policy/log_ratio_max"])

@@ -55,7 +55,7 @@ from rlr.train import common, params_io, rm_step, sequences, tasks
 from rlr.train import preferences
 from rlr.train.label import Labelled, read_labelled
 from rlr.train.metrics import MetricsWriter
-from rlr.train.optim import make_optimizer
+from rlr.train.optim import as_optim_config, make_optimizer
 from rlr.train.sft import check_batch_size
 from rlr.train.state import create_train_state
 
@@ -508,14 +508,15 @@ def _best_of_n_eval(config: ml_collections.ConfigDict, s: common.Setup, scorer: 
 
 
 def memory_estimate(s: common.Setup, batch_size: int, objective_name: str, rows: Rows,
-                    optimizer: Any) -> MemoryEstimate:
+                    optimizer: Any, grad_accum_steps: int = 1) -> MemoryEstimate:
     """rlr.parallel.memory's bytes a device of a step of the score-head model on `batch_size`
-    rows of `rows`' width (Bradley-Terry: two sequences a pair, chosen and rejected)."""
+    rows of `rows`' width (Bradley-Terry: two sequences a pair, chosen and rejected), in
+    `grad_accum_steps` micro-batches."""
     responses = rows["chosen_tokens" if objective_name == "bradley_terry" else "response_tokens"]
     num_sequences = batch_size * (2 if objective_name == "bradley_terry" else 1)
     return estimate_memory(s.model_config, s.mesh, num_sequences,
                            rows["prompt_tokens"].shape[1] + responses.shape[1],
-                           optimizer=optimizer, head="score")
+                           optimizer=optimizer, head="score", grad_accum_steps=grad_accum_steps)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -525,7 +526,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     s = common.setup(config)
     c = config.rm
     name = objective(c)
-    check_batch_size(c.batch_size, s.mesh, "rm.batch_size")
+    optim = as_optim_config(config.optim)
+    check_batch_size(c.batch_size, s.mesh, "rm.batch_size", optim.grad_accum_steps)
     model = Transformer(s.model_config, head="score")
     init_rng, state_rng, bon_rng = jax.random.split(s.rng, 3)
     source, key = params_io.config_source(config, "rm.init_source", "model.hf_checkpoint")
@@ -534,13 +536,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if _num_rows(data.train) < c.batch_size:
         raise ConfigError(f"config.rm.batch_size={c.batch_size}: more than the "
                           f"{_num_rows(data.train)} training rows")
-    optimizer = make_optimizer(config.optim)
+    optimizer = make_optimizer(optim)
     state = create_train_state(params, optimizer, state_rng)
-    common.log_memory_estimate("rm", memory_estimate(s, c.batch_size, name, data.train, optimizer),
-                               s.mesh)
+    common.log_memory_estimate("rm", memory_estimate(s, c.batch_size, name, data.train, optimizer,
+                                                     optim.grad_accum_steps), s.mesh)
     batches = [row_batches(data.train, c.batch_size, config.seed)]  # replaced on restore
     step = jax.jit(functools.partial(rm_step.train_step, model=model, optimizer=optimizer,
-                                     objective=name), donate_argnums=0)
+                                     objective=name, grad_accum_steps=optim.grad_accum_steps),
+                   donate_argnums=0)
     writer = MetricsWriter(workdir)
 
     def on_restore(extra: dict) -> None:

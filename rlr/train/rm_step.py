@@ -20,11 +20,13 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from rlr.losses.reward_model import bradley_terry_loss, outcome_bce_loss, process_bce_loss
 from rlr.models import Transformer
 from rlr.train import sequences
+from rlr.train.accumulate import accumulated_grad
 from rlr.train.dpo_step import PairBatch, pair_sequences
 from rlr.train.state import TrainState, apply_gradients
 
@@ -78,6 +80,8 @@ def process_loss(params: Any, model: Transformer, batch: Batch):
 
 LOSSES: dict[str, Callable] = {"outcome_bce": outcome_loss, "bradley_terry": pair_loss,
                                "process_bce": process_loss}
+# The mask of the items each objective's loss is the mean over (rlr.train.accumulate's C_i).
+COUNTED = {"outcome_bce": "row_mask", "bradley_terry": "pair_mask", "process_bce": "step_mask"}
 
 
 def loss_fn(params: Any, batch: Batch, model: Transformer, objective: str):
@@ -88,12 +92,18 @@ def loss_fn(params: Any, batch: Batch, model: Transformer, objective: str):
 
 
 def train_step(state: TrainState, batch: Batch, *, model: Transformer,
-               optimizer: optax.GradientTransformation, objective: str) -> tuple[TrainState, dict]:
-    """One reward-model update: grads of loss_fn, then apply_gradients. Returns (state, metrics of
-    the loss plus grad_norm). Jit it with model / optimizer / objective bound (functools.partial);
-    state and batch are the traced arguments."""
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, batch, model, objective)
+               optimizer: optax.GradientTransformation, objective: str,
+               grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+    """One reward-model update: grads of loss_fn (over grad_accum_steps micro-batches of rows,
+    ``rlr.train.accumulate`` with C_i = the micro-batch's valid items of COUNTED[objective]),
+    then apply_gradients. Returns (state, metrics of the loss plus grad_norm). Jit it with model /
+    optimizer / objective / grad_accum_steps bound (functools.partial); state and batch are the
+    traced arguments."""
+    def count(rows: Batch) -> jax.Array:
+        return jnp.sum(rows[COUNTED[objective]], dtype=jnp.float32)
+
+    grads, metrics = accumulated_grad(lambda params, rows: loss_fn(params, rows, model, objective),
+                                      state.params, batch, grad_accum_steps, count)
     state, grad_norm = apply_gradients(state, grads, optimizer)
     return state, {**metrics, "grad_norm": grad_norm}
 

@@ -28,7 +28,7 @@ from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler
 from rlr.train import common, params_io, sequences, sft_step, tasks
 from rlr.train.metrics import MetricsWriter
-from rlr.train.optim import make_optimizer
+from rlr.train.optim import as_optim_config, make_optimizer
 from rlr.train.state import create_train_state
 
 Rows = dict[str, np.ndarray]  # [N, T] arrays: tokens, positions, attention_mask, loss_mask(, segment_ids)
@@ -62,12 +62,15 @@ def _shards(mesh) -> int:
     return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
 
 
-def check_batch_size(batch_size: int, mesh, key: str) -> int:
+def check_batch_size(batch_size: int, mesh, key: str, grad_accum_steps: int = 1) -> int:
     """The per-host batch of a global `batch_size` (config key `key`); it must divide by the
-    mesh's data x fsdp devices."""
-    if batch_size < 1 or batch_size % _shards(mesh) or batch_size % jax.process_count():
+    mesh's data x fsdp devices times `grad_accum_steps` (config.optim.grad_accum_steps: each
+    device splits its rows into that many micro-batches, rlr.train.accumulate)."""
+    multiple = _shards(mesh) * grad_accum_steps
+    if batch_size < 1 or batch_size % multiple or batch_size % jax.process_count():
+        accum = f" x optim.grad_accum_steps = {multiple}" if grad_accum_steps > 1 else ""
         raise ConfigError(f"config.{key}={batch_size}: expected a positive multiple of the mesh's "
-                          f"data x fsdp = {_shards(mesh)} devices")
+                          f"data x fsdp = {_shards(mesh)} devices{accum}")
     return batch_size // jax.process_count()
 
 
@@ -135,20 +138,23 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     s = common.setup(config)
     c = config.sft
     data = tasks.as_data_config(config.data)
-    check_batch_size(c.batch_size, s.mesh, "sft.batch_size")
+    optim = as_optim_config(config.optim)
+    check_batch_size(c.batch_size, s.mesh, "sft.batch_size", optim.grad_accum_steps)
     model = Transformer(s.model_config)
     init_rng, state_rng, eval_rng = jax.random.split(s.rng, 3)
     source, key = params_io.config_source(config, "sft.init_source", "model.hf_checkpoint")
     params = params_io.load_params(model, source, s.mesh, init_rng, s.tokenizer, key=key)
-    optimizer = make_optimizer(config.optim)
+    optimizer = make_optimizer(optim)
     state = create_train_state(params, optimizer, state_rng)
     rows = sft_rows(s.tokenizer, tasks.task_examples(data, "train"), data, c.pack_length)
     batches = [batch_iterator(rows, c.batch_size, config.seed)]  # replaced on restore
     common.log_memory_estimate("sft", estimate_memory(
         s.model_config, s.mesh, c.batch_size, rows["tokens"].shape[1], optimizer=optimizer,
-        scorers=common.eval_reward_models(config, s.model_config), chunk_size=c.chunk_size), s.mesh)
+        scorers=common.eval_reward_models(config, s.model_config), chunk_size=c.chunk_size,
+        grad_accum_steps=optim.grad_accum_steps), s.mesh)
     step = jax.jit(functools.partial(sft_step.train_step, model=model, optimizer=optimizer,
-                                     chunk_size=c.chunk_size, aggregation=c.aggregation),
+                                     chunk_size=c.chunk_size, aggregation=c.aggregation,
+                                     grad_accum_steps=optim.grad_accum_steps),
                    donate_argnums=0)
 
     def on_restore(extra: dict) -> None:

@@ -13,8 +13,10 @@ from typing import Any, Mapping
 import jax
 import optax
 
+from rlr.losses.masked import aggregation_count
 from rlr.losses.sft import sft_loss
 from rlr.models import Transformer, lm_head_weight, token_logprobs
+from rlr.train.accumulate import accumulated_grad
 from rlr.train.state import TrainState, apply_gradients
 
 
@@ -32,12 +34,19 @@ def sft_loss_fn(params: Any, model: Transformer, batch: Mapping[str, jax.Array],
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: Transformer,
                optimizer: optax.GradientTransformation, chunk_size: int = 128,
-               aggregation: str = "token_mean") -> tuple[TrainState, dict]:
-    """One SFT update: grads of sft_loss_fn, then apply_gradients. Returns (state, metrics:
-    loss, perplexity, num_tokens, grad_norm). Jit it with model / optimizer / chunk_size /
-    aggregation bound (functools.partial); state and batch are the traced arguments."""
-    grad_fn = jax.value_and_grad(sft_loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, model, batch, chunk_size, aggregation)
+               aggregation: str = "token_mean", grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+    """One SFT update: grads of sft_loss_fn (over grad_accum_steps micro-batches of rows,
+    ``rlr.train.accumulate`` with C_i = the micro-batch's ``aggregation_count`` of loss_mask),
+    then apply_gradients. Returns (state, metrics: loss, perplexity, num_tokens, grad_norm). Jit
+    it with model / optimizer / chunk_size / aggregation / grad_accum_steps bound
+    (functools.partial); state and batch are the traced arguments."""
+    def objective(params, rows):
+        return sft_loss_fn(params, model, rows, chunk_size, aggregation)
+
+    def count(rows):
+        return aggregation_count(rows["loss_mask"][:, 1:], aggregation)
+
+    grads, metrics = accumulated_grad(objective, state.params, batch, grad_accum_steps, count)
     state, grad_norm = apply_gradients(state, grads, optimizer)
     return state, {**metrics, "grad_norm": grad_norm}
 
