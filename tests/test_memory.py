@@ -172,7 +172,6 @@ def test_estimate_matches_compiled_dpo_ppo_and_rm_steps(step, remat, mesh_shape,
     ("sft", "none", (1, 1, 1), 16, 4),   # one device: 4 rows a micro-batch
     ("dpo", "none", (1, 4, 1), 16, 2),   # FSDP: the float32 sum of the gradients split 4 ways
     ("ppo", "dots", (2, 1, 2), 16, 2),   # policy and critic, each in micro-batches
-    ("rm", "none", (2, 2, 1), 16, 4),
 ])
 def test_gradient_accumulation_estimate_matches_compiled_and_saves_memory(step, remat, mesh_shape,
                                                                           batch, accum):
