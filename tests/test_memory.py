@@ -180,7 +180,6 @@ def test_gradient_accumulation_estimate_matches_compiled_and_saves_memory(step, 
     memory than the one-pass step on the same batch by at least half of what the estimate says
     it saves."""
     config = CONFIG.replace(remat=remat)
-    head = "score" if step == "rm" else "lm"
     peaks, estimates = [], []
     for steps in (1, accum):
         analysis, optimizer = compiled_step(step, config, mesh_of(mesh_shape), batch, 128, chunk=64,
@@ -188,7 +187,7 @@ def test_gradient_accumulation_estimate_matches_compiled_and_saves_memory(step, 
         peaks.append(peak_bytes(analysis))
         estimates.append(estimate_memory(
             config, mesh_shape, batch, 128, optimizer=optimizer, chunk_size=64,
-            references=int(step == "dpo"), critic=config if step == "ppo" else None, head=head,
+            references=int(step == "dpo"), critic=config if step == "ppo" else None,
             grad_accum_steps=steps).training)
     assert abs(estimates[1] - peaks[1]) / peaks[1] < 0.2, (estimates, peaks)
     saved = estimates[0] - estimates[1]
