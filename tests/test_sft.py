@@ -109,7 +109,7 @@ def test_grad_accumulation_logs_the_metrics_of_one_pass(init, tmp_path):
     config.optim.grad_accum_steps = 2  # 8 rows: one a device, not two
     with pytest.raises(ConfigError, match=r"config\.sft\.batch_size=8: expected a positive multiple "
                                           r"of the mesh's data x fsdp = 8 devices x "
-                                          r"optim\.grad_accum_steps = 16"):
+                                          r"optim\.grad_accum_steps = 2, i\.e\. of 16"):
         sft.train(config, str(tmp_path / "bad"))
 
 

@@ -167,11 +167,12 @@ def train_step(state: TrainState, ref_params: Any, batch: PairBatch, *, model: T
     def objective(params, pairs: PairBatch):
         return loss_fn(params, reference_logps(model, ref_params, pairs, config), pairs, model, config)
 
-    grads, metrics = accumulated_grad(objective, state.params, batch, grad_accum_steps,
-                                      lambda pairs: jnp.sum(pairs.pair_mask, dtype=jnp.float32))
+    def valid_pairs(pairs: PairBatch) -> jax.Array:
+        return jnp.sum(pairs.pair_mask, dtype=jnp.float32)
+
+    grads, metrics = accumulated_grad(objective, state.params, batch, grad_accum_steps, valid_pairs)
     state, grad_norm = apply_gradients(state, grads, optimizer)
-    pairs = jnp.sum(batch.pair_mask.astype(jnp.float32))
-    return state, {**metrics, "grad_norm": grad_norm, "pairs": pairs}
+    return state, {**metrics, "grad_norm": grad_norm, "pairs": valid_pairs(batch)}
 
 
 def eval_step(params: Any, ref_params: Any, batch: PairBatch, *, model: Transformer,

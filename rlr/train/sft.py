@@ -68,7 +68,8 @@ def check_batch_size(batch_size: int, mesh, key: str, grad_accum_steps: int = 1)
     device splits its rows into that many micro-batches, rlr.train.accumulate)."""
     multiple = _shards(mesh) * grad_accum_steps
     if batch_size < 1 or batch_size % multiple or batch_size % jax.process_count():
-        accum = f" x optim.grad_accum_steps = {multiple}" if grad_accum_steps > 1 else ""
+        accum = (f" x optim.grad_accum_steps = {grad_accum_steps}, i.e. of {multiple}"
+                 if grad_accum_steps > 1 else "")
         raise ConfigError(f"config.{key}={batch_size}: expected a positive multiple of the mesh's "
                           f"data x fsdp = {_shards(mesh)} devices{accum}")
     return batch_size // jax.process_count()
