@@ -21,7 +21,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from rlr.config import ConfigError, make_model_config, to_config_dict
-from rlr.train.optim import OptimConfig
+from rlr.train.optim import OptimConfig, as_optim_config
 
 model_config = make_model_config  # config.model -> rlr.models.ModelConfig (errors name the key)
 
@@ -64,7 +64,7 @@ def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.Confi
 
 def optim(**changes) -> ml_collections.ConfigDict:
     """The optimizer group: the fields (and their comments) of rlr.train.optim.OptimConfig."""
-    return to_config_dict(OptimConfig(**changes))
+    return to_config_dict(as_optim_config(OptimConfig(**changes)))
 
 
 def checkpoint(every_steps: int = 500, keep: int = 3, resume: bool = True,

@@ -5,6 +5,12 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# XLA's LLVM back end without its optimisations (jax_disable_most_optimizations: -O0, no
+# expensive passes; the HLO passes, sharding and buffer assignment are unchanged, which
+# tests/test_memory.py checks). The tests' programs are small, and compiling them takes more of
+# the suite's time than running them: on a 2-core CPU the suite took 1197 s instead of 1388 s.
+# Set in the environment, so the processes tests/test_launchers.py starts compile the same way.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402  (must come after XLA_FLAGS is set)
 
@@ -18,6 +24,16 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def optimized_compiles():
+    """XLA's back-end optimisations on for a module whose time goes into running its programs
+    rather than compiling them (the demo's quick run: 177 s optimised, 216 s without)."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ COLAB = os.path.join(os.path.dirname(os.path.dirname(__file__)), "colabs", "rewa
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def quick_run(tmp_path_factory, optimized_compiles):
     workdir = str(tmp_path_factory.mktemp("demo"))
     assert demo.main(["--workdir", workdir, "--quick"]) == 0
     return workdir

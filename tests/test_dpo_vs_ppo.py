@@ -7,7 +7,6 @@ import json
 import math
 import os
 
-import jax
 import numpy as np
 import pytest
 
@@ -80,15 +79,10 @@ def test_ppo_stages_share_the_budget(tmp_path):
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """The whole quick study, compiled with XLA's optimisations mostly off (its arrays are tiny:
-    compilation, not execution, is what takes the time)."""
+    """The whole quick study (compiled as every test is, XLA's back-end optimisations off: see
+    conftest.py)."""
     workdir = str(tmp_path_factory.mktemp("dpo_vs_ppo"))
-    before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    try:
-        assert dpo_vs_ppo.main(["--workdir", workdir, "--quick"]) == 0
-    finally:
-        jax.config.update("jax_disable_most_optimizations", before)
+    assert dpo_vs_ppo.main(["--workdir", workdir, "--quick"]) == 0
     return workdir
 
 

@@ -118,6 +118,28 @@ def compiled_step(step, config, mesh, batch, seq_len, chunk, prompt_len=32, mini
     return compiled.memory_analysis(), optimizer
 
 
+def test_memory_analysis_does_not_depend_on_the_backend_optimisations():
+    """The suite compiles with XLA's back-end (LLVM) optimisations off (conftest.py); the
+    memory analysis every test here holds an estimate to is the same with them on: buffer
+    assignment belongs to the HLO passes, which run either way."""
+    def sizes(analysis):
+        return (analysis.argument_size_in_bytes, analysis.output_size_in_bytes,
+                analysis.temp_size_in_bytes, analysis.alias_size_in_bytes)
+
+    def compiled_sizes():
+        return sizes(compiled_step("dpo", CONFIG.replace(remat="full"), mesh_of((1, 4, 1)), 8, 128,
+                                   chunk=64)[0])
+
+    before = jax.config.read("jax_disable_most_optimizations")
+    try:
+        jax.config.update("jax_disable_most_optimizations", True)
+        unoptimised = compiled_sizes()
+        jax.config.update("jax_disable_most_optimizations", False)
+        assert compiled_sizes() == unoptimised
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+
+
 @pytest.mark.parametrize("remat,mesh_shape,batch", [
     ("none", (1, 1, 1), 4),   # one device, everything saved
     ("full", (1, 4, 1), 4),   # FSDP: params, moments and gradients split 4 ways

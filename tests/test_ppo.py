@@ -305,8 +305,8 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"config\.critic_optim\.grad_accum_steps=16: must divide "
                                           r"a minibatch of 8 rows"):
         ppo.train(ppo_config(unused, **{"critic_optim.grad_accum_steps": 16}), str(tmp_path))
-    with pytest.raises(ConfigError, match=r"optim\.grad_accum_steps=0: expected >= 1"):
-        ppo.train(ppo_config(unused, **{"optim.grad_accum_steps": 0}), str(tmp_path))
+    with pytest.raises(ConfigError, match=r"config\.critic_optim\.grad_accum_steps=0: expected >= 1"):
+        ppo.train(ppo_config(unused, **{"critic_optim.grad_accum_steps": 0}), str(tmp_path))
     with pytest.raises(ConfigError, match=r"config\.sampling\.prefill_chunk=6: must divide the "
                                           r"prompt width"):
         ppo.train(ppo_config(unused, **{"sampling.prefill_chunk": 6}), str(tmp_path))

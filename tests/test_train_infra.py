@@ -20,8 +20,8 @@ from rlr.train import checkpoint as ckpt
 from rlr.train import metrics as metrics_lib
 from rlr.train import (Checkpointer, CheckpointError, MetricsWriter, OptimConfig, Progress, Timer,
                        abstract_like, abstract_train_state, apply_gradients, create_train_state,
-                       ema_update, install_preemption_handler, make_optimizer, make_schedule,
-                       read_jsonl, restore_from, should_stop, weight_decay_mask)
+                       as_optim_config, ema_update, install_preemption_handler, make_optimizer,
+                       make_schedule, read_jsonl, restore_from, should_stop, weight_decay_mask)
 
 OPTIM = OptimConfig(learning_rate=1e-2, warmup_steps=2, total_steps=6, weight_decay=0.1)
 
@@ -132,10 +132,12 @@ def test_schedule_values(schedule, at_60):
 
 
 def test_schedule_config_errors():
-    with pytest.raises(ValueError, match="optim.schedule"):
-        OptimConfig(schedule="step")
-    with pytest.raises(ValueError, match="optim.warmup_steps"):
-        OptimConfig(warmup_steps=10, total_steps=10)
+    with pytest.raises(ValueError, match=r"config\.optim\.schedule='step'"):
+        make_schedule(OptimConfig(schedule="step"))
+    with pytest.raises(ValueError, match=r"config\.optim\.warmup_steps=10 must be < config\.optim\.total_steps=10"):
+        make_optimizer({"warmup_steps": 10, "total_steps": 10})
+    with pytest.raises(ValueError, match=r"config\.critic_optim\.grad_accum_steps=0: expected >= 1"):
+        as_optim_config({"grad_accum_steps": 0}, where="critic_optim")
     with pytest.raises(ValueError, match="config.optim.lr: unknown key"):
         make_optimizer({"lr": 1.0})
 

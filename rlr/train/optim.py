@@ -19,7 +19,8 @@ NO_DECAY_NAMES = ("bias", "scale")  # parameter leaf names that weight decay ski
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """Optimizer settings; `experiments/base.py:optim()` turns the defaults into a ConfigDict."""
+    """Optimizer settings; `experiments/base.py:optim()` turns the defaults into a ConfigDict.
+    `as_optim_config` checks them under the config key they came from (optim, critic_optim)."""
 
     learning_rate: float = 1e-5  # peak learning rate, reached at the end of warmup
     schedule: str = "cosine"  # after warmup: constant | linear | cosine decay to end_lr_fraction
@@ -33,30 +34,29 @@ class OptimConfig:
     max_grad_norm: float = 1.0  # clip gradients to this global norm; 0 disables clipping
     grad_accum_steps: int = 1  # an update's batch runs in this many micro-batches, their gradients summed (same update, 1/n of the activation memory)
 
-    def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"optim.schedule={self.schedule!r}: expected one of {SCHEDULES}")
-        if self.warmup_steps < 0 or self.total_steps < 1:
-            raise ConfigError(f"optim.warmup_steps={self.warmup_steps}, optim.total_steps="
-                             f"{self.total_steps}: expected warmup_steps >= 0, total_steps >= 1")
-        if self.grad_accum_steps < 1:
-            raise ConfigError(f"optim.grad_accum_steps={self.grad_accum_steps}: expected >= 1")
-        if self.schedule != "constant" and self.warmup_steps >= self.total_steps:
-            raise ConfigError(f"optim.warmup_steps={self.warmup_steps} must be < optim.total_steps="
-                             f"{self.total_steps} for the {self.schedule!r} schedule")
-
 
 ConfigLike = Union[OptimConfig, Mapping[str, Any]]
 
 
-def as_optim_config(config: ConfigLike) -> OptimConfig:
-    """An OptimConfig from an OptimConfig, a dict or an ml_collections ConfigDict (config.optim);
-    an unknown key is an error that names it."""
-    if isinstance(config, OptimConfig):
-        return config
+def as_optim_config(config: ConfigLike, where: str = "optim") -> OptimConfig:
+    """The checked OptimConfig of an OptimConfig, a dict or an ml_collections ConfigDict
+    (config.<where>); an unknown key or a setting out of range is an error that names
+    config.<where>.<key>."""
     from rlr.config import to_dataclass
 
-    return to_dataclass(OptimConfig, config, where="optim")
+    c = config if isinstance(config, OptimConfig) else to_dataclass(OptimConfig, config, where=where)
+    key = f"config.{where}"
+    if c.schedule not in SCHEDULES:
+        raise ConfigError(f"{key}.schedule={c.schedule!r}: expected one of {SCHEDULES}")
+    if c.warmup_steps < 0 or c.total_steps < 1:
+        raise ConfigError(f"{key}.warmup_steps={c.warmup_steps}, {key}.total_steps={c.total_steps}: "
+                          f"expected warmup_steps >= 0, total_steps >= 1")
+    if c.grad_accum_steps < 1:
+        raise ConfigError(f"{key}.grad_accum_steps={c.grad_accum_steps}: expected >= 1")
+    if c.schedule != "constant" and c.warmup_steps >= c.total_steps:
+        raise ConfigError(f"{key}.warmup_steps={c.warmup_steps} must be < {key}.total_steps="
+                          f"{c.total_steps} for the {c.schedule!r} schedule")
+    return c
 
 
 def make_schedule(config: ConfigLike) -> optax.Schedule:

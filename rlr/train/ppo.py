@@ -451,7 +451,7 @@ def make_run(config: ml_collections.ConfigDict, s: common.Setup) -> Run:
     update_config = c.update_config()
     optims = {"optim": as_optim_config(config.optim)}
     if update_config.use_critic:
-        optims["critic_optim"] = as_optim_config(config.critic_optim)
+        optims["critic_optim"] = as_optim_config(config.critic_optim, where="critic_optim")
     _check_sizes(c, n, s.mesh, optims)
     critic = (_score_model(s, *params_io.config_source(config, *CRITIC_SOURCE_KEYS))
               if update_config.use_critic else None)
