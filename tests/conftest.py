@@ -8,7 +8,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # XLA's LLVM back end without its optimisations (jax_disable_most_optimizations: -O0, no
 # expensive passes; the HLO passes, sharding and buffer assignment are unchanged, which
 # tests/test_memory.py checks). The tests' programs are small, and compiling them takes more of
-# the suite's time than running them: on a 2-core CPU the suite took 1197 s instead of 1388 s.
+# the suite's time than running them: on a slow 2-core CPU it took 1107 s from a fresh clone,
+# 1388 s with the optimisations on.
 # Set in the environment, so the processes tests/test_launchers.py starts compile the same way.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
