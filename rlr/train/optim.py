@@ -11,7 +11,7 @@ from typing import Any, Mapping, Union
 import jax
 import optax
 
-from rlr.config import ConfigError
+from rlr.config import ConfigError, to_dataclass
 
 SCHEDULES = ("constant", "linear", "cosine")
 NO_DECAY_NAMES = ("bias", "scale")  # parameter leaf names that weight decay skips
@@ -42,8 +42,6 @@ def as_optim_config(config: ConfigLike, where: str = "optim") -> OptimConfig:
     """The checked OptimConfig of an OptimConfig, a dict or an ml_collections ConfigDict
     (config.<where>); an unknown key or a setting out of range is an error that names
     config.<where>.<key>."""
-    from rlr.config import to_dataclass
-
     c = config if isinstance(config, OptimConfig) else to_dataclass(OptimConfig, config, where=where)
     key = f"config.{where}"
     if c.schedule not in SCHEDULES:
