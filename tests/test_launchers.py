@@ -5,6 +5,7 @@ can reach a cloud or depend on a GPU. Then a real two-process run on the CPU."""
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 
@@ -145,15 +146,27 @@ def test_tpu_vm_errors(stub_path):
     assert unknown.returncode == 2 and "unknown subcommand" in unknown.stderr
 
 
+def free_port() -> int:
+    """A TCP port no process on this host listens on now (the kernel's pick for port 0).
+
+    A fixed port is shared by every suite running on the host: on 2026-12-07 two fresh clones
+    tested at once, both coordinators served :23917, each process 0 registered with the other
+    run's service, and both SFT stages aborted ("0 unexpectedly tried to connect with a
+    different incarnation")."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
 def run_two_processes(stub_path, tmp_path, stage: str, *rlr_args: str) -> str:
     """`rlr` over launchers/gpu_multiprocess.sh: 2 CPU processes x 2 simulated devices joined
-    by jax.distributed (gloo); returns the run folder tmp_path / stage."""
+    by jax.distributed (gloo) on a free port; returns the run folder tmp_path / stage."""
     env = dict(os.environ, PATH=stub_path, PYTHON=sys.executable)
     env.pop("XLA_FLAGS", None)
     workdir = tmp_path / stage
     out = subprocess.run(
         ["bash", os.path.join(LAUNCHERS, "gpu_multiprocess.sh"), "--num-processes", "2",
-         "--cpu-devices", "2", "--port", "23917", "--log-dir", str(tmp_path / f"{stage}-logs"),
+         "--cpu-devices", "2", "--port", str(free_port()), "--log-dir", str(tmp_path / f"{stage}-logs"),
          *rlr_args, "--workdir", str(workdir)],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, (stage, out.stderr[-3000:])
