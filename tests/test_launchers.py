@@ -166,8 +166,8 @@ def run_two_processes(stub_path, tmp_path, stage: str, *rlr_args: str) -> str:
     workdir = tmp_path / stage
     out = subprocess.run(
         ["bash", os.path.join(LAUNCHERS, "gpu_multiprocess.sh"), "--num-processes", "2",
-         "--cpu-devices", "2", "--port", str(free_port()), "--log-dir", str(tmp_path / f"{stage}-logs"),
-         *rlr_args, "--workdir", str(workdir)],
+         "--cpu-devices", "2", "--port", str(free_port()),
+         "--log-dir", str(tmp_path / f"{stage}-logs"), *rlr_args, "--workdir", str(workdir)],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, (stage, out.stderr[-3000:])
     assert "process 1 of 2, 4 devices" in (tmp_path / f"{stage}-logs" / "process_1.log").read_text()
