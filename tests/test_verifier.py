@@ -30,6 +30,7 @@ def sympy_worker():
         ("The answer is $\\frac{3}{4}$.", "$\\frac{3}{4}$"),
         ("The final answer is $5$. I hope it is correct.", "$5$"),  # Minerva style
         ("**Answer:** 42", "42"),
+        ("The answer is **42**.", "42"),  # the period after the bold answer, then the **
         ("answer is: 3.5.", "3.5"),
         ("To answer this we add.\nThe answer is 10", "10"),
         ("no marker here, 42", None),
@@ -71,6 +72,8 @@ def test_extract_answer(text, expected):
         ("5m", "5m"),
         ("5 m^2", "5"),
         ("7 square feet", "7"),
+        ("5 million", "5million"),  # multipliers change the value: not units
+        ("3 dozen eggs", "3dozeneggs"),
     ],
 )
 def test_normalize_answer(answer, expected):
@@ -169,6 +172,13 @@ CASES = [
     ("\\boxed{4}", "Thus the answer is \\boxed{5}.", 0.0),
     ("\\boxed{e^{2}}", "e^2", 1.0),
     ("\\boxed{\\frac{1}{0}}", "1", 0.0),
+    ("\\boxed{\\frac{1}{0}}", "\\frac{2}{0}", 0.0),  # sympy makes both zoo: not equal
+    ("#### 5 million", "5", 0.0),
+    ("\\boxed{2^{200}}", "2^{200}+1", 0.0),  # 61 digits: evaluated to every one
+    ("\\boxed{10^{60}}", "10^{60}+1", 0.0),
+    ("\\boxed{3\\cdot 10^{50}}", "10^{50}\\cdot 3", 1.0),
+    ("\\boxed{2^{200}\\sqrt{2}}", "2^{200}\\sqrt{2}+10^{-9}", 1.0),  # equal to 6 places
+    ("\\boxed{2^{200}\\sqrt{2}}", "2^{200}\\sqrt{2}+10^{-3}", 0.0),
 ]
 
 

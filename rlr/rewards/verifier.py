@@ -115,7 +115,7 @@ def extract_answer(text: str) -> str | None:
         if last is None:
             return None
         answer = text[last.end():].split("\n", 1)[0]
-    answer = re.split(r"\.(?:\s|$)", answer.strip().strip("*").strip(), maxsplit=1)[0].strip()
+    answer = re.split(r"\.(?:\s|$)", answer.strip(), maxsplit=1)[0].strip().strip("*").strip()
     return answer or None
 
 
@@ -135,6 +135,9 @@ _REPLACEMENTS = (
     (re.compile(r"π"), "\\\\pi "),
 )
 _NAMES = ("sqrt", "sin", "cos", "tan", "log", "ln", "exp", "pi")
+# Words after a number that change its value, so are not dropped as units: function names and
+# multipliers ("5 million" is not 5).
+_NOT_UNITS = frozenset(_NAMES + ("dozen", "hundred", "thousand", "million", "billion", "trillion"))
 _SHORT_UNITS = "cm|mm|km|kg|mg|ml|mL|ft|yd|mi|in|lb|lbs|oz|hr|hrs|min|mins|sec|secs|mph|sq"
 _LETTER_UNITS = "m|g|s|h|L"  # only after a space: "5m" may be 5 times m
 _POWER = r"(?:\s*\^\{?[23]\}?)?"
@@ -191,8 +194,8 @@ def normalize_answer(s: str) -> str:
 
     Drops ``$``, ``\\(``/``\\)``, a whole-answer ``\\boxed{}``, ``\\left``/``\\right``, LaTeX
     spacing (``\\!``, ``\\,``, ``\\ ``), degree marks, ``%``, unit words after a number
-    ("18 dollars", ``5\\text{ cm}``, "12 cm^2", "5cm"; not "2ab" nor "2 x^2"), a leading
-    "x =", a trailing period and all whitespace; unwraps ``\\text{}``-like commands;
+    ("18 dollars", ``5\\text{ cm}``, "12 cm^2", "5cm"; not "2ab", "2 x^2" nor "5 million"), a
+    leading "x =", a trailing period and all whitespace; unwraps ``\\text{}``-like commands;
     ``\\dfrac``/``\\tfrac`` -> ``\\frac``,
     ``\\cdot``/``\\times`` -> ``*``, ``\\sqrt2`` -> ``\\sqrt{2}``, ``\\frac12`` -> ``\\frac{1}{2}``;
     writes plain numbers canonically: ``1,000`` -> ``1000``, ``18.00`` -> ``18``,
@@ -215,7 +218,8 @@ def normalize_answer(s: str) -> str:
     s = s.strip().rstrip(".").strip()
     s = re.sub(r"^[a-zA-Z]\s*=\s*(?=\S)", "", s)
     match = _NUMBER_WITH_WORDS.match(s)
-    if match and not any(w.strip(".").lower() in _NAMES for w in re.findall(r"[a-zA-Z]+", match.group("words"))):
+    words = match and {w.lower() for w in re.findall(r"[a-zA-Z]+", match.group("words"))}
+    if match and not words & _NOT_UNITS:
         s = match.group("num")
     s = "".join(s.split())
     s = re.sub(r"\\sqrt([a-zA-Z0-9])", r"\\sqrt{\1}", s)
@@ -493,19 +497,32 @@ def _to_sympy(sympy, node):
     return functions[args[0]](children[0])
 
 
+def _integer_digits(sympy, value) -> int:
+    """Digits before the point of a constant expression's magnitude (0 below 1, or when it is
+    not a finite real number); from a 15-digit estimate (runs in the worker)."""
+    estimate = abs(sympy.N(value, 15))
+    if not (estimate.is_real and estimate.is_finite and estimate >= 1):
+        return 0
+    return int(sympy.floor(sympy.log(estimate, 10))) + 1
+
+
 def _sympy_equal(sympy, a, b, decimals: int) -> bool:
     """Whether two parser ASTs are equal expressions (runs in the worker).
 
-    Identical; or, without symbols, real values equal after rounding to ``decimals`` places;
-    else simplify(a - b) == 0, after a quick rejection when the two differ at one of two
-    fixed rational points.
+    Never when either divides by zero (sympy's zoo or nan, which would equal each other).
+    Identical; or, without symbols, real values equal after rounding to ``decimals`` places
+    (evaluated to every integer digit, so 10^60 != 10^60 + 1); else simplify(a - b) == 0,
+    after a quick rejection when the two differ at one of two fixed rational points.
     """
     x, y = _to_sympy(sympy, a), _to_sympy(sympy, b)
+    if x.has(sympy.zoo, sympy.nan) or y.has(sympy.zoo, sympy.nan):
+        return False
     if x == y:
         return True
     symbols = sorted(x.free_symbols | y.free_symbols, key=str)
     if not symbols:
-        vx, vy = sympy.N(x, 50), sympy.N(y, 50)
+        digits = decimals + 30 + max(_integer_digits(sympy, x), _integer_digits(sympy, y))
+        vx, vy = sympy.N(x, digits), sympy.N(y, digits)
         if vx.is_real and vy.is_real and vx.is_finite and vy.is_finite:
             return round(Fraction(str(vx)), decimals) == round(Fraction(str(vy)), decimals)
     for origin in (sympy.Rational(7, 3), sympy.Rational(-5, 11)):
