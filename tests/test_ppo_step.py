@@ -20,7 +20,7 @@ from rlr.rewards.shaping import RewardSpec
 from rlr.sampling import Rollout
 from rlr.train import ppo, sequences
 from rlr.train.optim import OptimConfig, make_optimizer
-from rlr.train.ppo_step import UpdateConfig, minibatch_rows, ppo_update
+from rlr.train.ppo_step import UpdateConfig, critic_objective, minibatch_rows, ppo_update
 from rlr.train.rollout_scoring import Models, ScoringConfig, host_scores
 from rlr.train.state import create_train_state
 
@@ -162,7 +162,7 @@ def test_score_rollout_gae_matches_unpadded_forwards_and_numpy(rollout, host, ga
     mask = np.asarray(rollout.response_mask)
     R = mask.shape[1]
     rewards = np.zeros((N, R))
-    values = np.zeros((N, R))
+    values, critic_out = np.zeros((N, R)), np.zeros((N, R))
     inputs, prompt_lengths, responses = unpadded(rollout)
     logp, ref_logp = (np.asarray(_forward_lm(params[k], *inputs)) for k in ("policy", "ref"))
     critic, orm, prm = (np.asarray(_forward_score(params[k], *inputs), np.float64)
@@ -172,14 +172,15 @@ def test_score_rollout_gae_matches_unpadded_forwards_and_numpy(rollout, host, ga
         old, refl = logp[row, p - 1 + t, resp], ref_logp[row, p - 1 + t, resp]
         np.testing.assert_allclose(np.asarray(b.old_logp[row, :len(resp)]), old, atol=2e-5)
         np.testing.assert_allclose(np.asarray(b.ref_logp[row, :len(resp)]), refl, atol=2e-5)
-        values[row, :len(resp)] = critic[row, p - 1 + t] * np.sqrt(4.0 + 1e-8) + 0.5
+        critic_out[row, :len(resp)] = critic[row, p - 1 + t]
+        values[row, :len(resp)] = critic_out[row, :len(resp)] * np.sqrt(4.0 + 1e-8) + 0.5
         positions = scores.step_positions[row][scores.step_mask[row]]
         s = 1 / (1 + np.exp(-prm[row, p + positions]))
         rewards[row, :len(resp)] -= 0.1 * (old - refl)
         last = p + len(resp) - 1
         rewards[row, len(resp) - 1] += scores.success[row] + 0.5 / (1 + np.exp(-orm[row, last]))
         np.add.at(rewards[row], positions, 0.7 * clip_delta_np(s, 0.6))
-    np.testing.assert_allclose(np.asarray(b.old_values), values, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(b.old_values), critic_out, atol=2e-5)  # normalised
     np.testing.assert_allclose(np.asarray(out.token_rewards), rewards, atol=2e-5)
     adv, returns = ref.gae_np(rewards, values, mask, 0.9, 0.8)
     np.testing.assert_allclose(np.asarray(b.returns), returns, atol=1e-4)
@@ -191,6 +192,24 @@ def test_score_rollout_gae_matches_unpadded_forwards_and_numpy(rollout, host, ga
     assert float(out.value_stats.count) == 10 + mask.sum()
     np.testing.assert_allclose(float(out.metrics["accuracy"]), 0.5)
     np.testing.assert_allclose(float(out.metrics["reward/total"]), rewards.sum(1).mean(), atol=1e-5)
+
+
+def test_value_clip_is_centred_on_the_critics_rollout_output(gae_scored):
+    """With value normalisation the clip's centre is the critic's rollout-time output in its own
+    (normalised) units, so before the critic's first step no token is clipped and the clipped
+    loss has the unclipped one's gradient. (Until 2026-12-07 the centre was V_old renormalised
+    with the statistics this batch's returns had updated: here half the tokens clipped.)"""
+    params, scored = gae_scored
+
+    def loss(critic, clip_eps):
+        config = UpdateConfig(value_norm=True, value_clip_eps=clip_eps)
+        return critic_objective(critic, scored.batch, scored.value_stats, SCORE, config)
+
+    (_, metrics), clipped = jax.value_and_grad(loss, has_aux=True)(params["critic"], 0.2)
+    unclipped = jax.grad(lambda c: loss(c, None)[0])(params["critic"])
+    assert float(metrics["value_clip_fraction"]) == 0.0
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 clipped, unclipped)
 
 
 @pytest.mark.parametrize("row_slices", [2, 4])

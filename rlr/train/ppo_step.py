@@ -43,7 +43,9 @@ class PPOBatch(NamedTuple):
     ref_logp [N, R]: log pi_ref(y_t) of the reference model (a KL loss reads it).
     advantages [N, R]: A_t (normalised or not, as configured); 0 on padding.
     returns [N, R]: the critic's targets R_t = A_t + V_t (raw, before value normalisation).
-    old_values [N, R]: V_old(s_t) at rollout time (raw), the centre of value clipping.
+    old_values [N, R]: the critic's output at rollout time, the centre of value clipping:
+        V_old(s_t), or with value normalisation its normalised prediction (V_old - mean) / std
+        under the statistics before this batch's returns updated them.
     """
 
     prompt_tokens: jax.Array
@@ -156,16 +158,18 @@ def critic_objective(params: Any, batch: PPOBatch, value_stats: Optional[Running
 
         l_t = 0.5 * max((V_t - R_t)^2, (clip(V_t, V_old_t - eps, V_old_t + eps) - R_t)^2)
 
-    With value normalisation (Xu et al. 2024) the critic predicts normalised values: R_t and
-    V_old_t are normalised with ``value_stats`` ((x - mean) / std of all returns seen) first.
+    With value normalisation (Xu et al. 2024) the critic predicts normalised values: R_t is
+    normalised with ``value_stats`` ((x - mean) / std of all returns seen, this batch's
+    included) first. V_old_t is the critic's own rollout-time output (``PPOBatch.old_values``),
+    so before the critic's first step V_t = V_old_t and no token is clipped; V_old_t
+    renormalised with the updated statistics would move the clip's centre off the critic.
     """
     values = critic_values(model, params, batch_inputs(batch))
-    returns, old_values = batch.returns, batch.old_values
+    returns = batch.returns
     if config.value_norm:
         returns = running_stats_normalize(value_stats, returns)
-        old_values = running_stats_normalize(value_stats, old_values)
-    return value_loss(values, old_values, returns, batch.response_mask, config.value_clip_eps,
-                      config.aggregation)
+    return value_loss(values, batch.old_values, returns, batch.response_mask,
+                      config.value_clip_eps, config.aggregation)
 
 
 # ----------------------------------------------------------------------------- the update

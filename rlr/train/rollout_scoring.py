@@ -211,7 +211,8 @@ def score_rollout(params: dict, rollout: Rollout, host: HostScores,
         orm_b      = [sigmoid] ORM score at the last response token
         s_{b,k}    = [sigmoid] PRM score at the end token of step k
         r          = shape_rewards(spec, success, orm, s, kl)          [N, R]
-        gae:  V = critic (denormalised with value_stats), (A, R_t) = GAE(r, V, gamma, lambda)
+        gae:  V = critic (denormalised with value_stats), (A, R_t) = GAE(r, V, gamma, lambda);
+              the batch's old_values are the critic's output itself (the value clip's centre)
         grpo / rloo: A = group baseline of the sequence return sum_t r_t, on every token
         A         <- (A - mean) / std over every valid token (config.normalize_advantages)
 
@@ -265,17 +266,18 @@ def score_rollout(params: dict, rollout: Rollout, host: HostScores,
 
     zeros = jnp.zeros_like(fmask)
     if config.use_critic:
-        values = forward(lambda s: critic_values(models.critic, params["critic"], s))
-        if config.value_norm:
-            values = running_stats_denormalize(value_stats, values)
-        values = jnp.where(mask, values, 0.0)
+        critic_out = jnp.where(mask, forward(
+            lambda s: critic_values(models.critic, params["critic"], s)), 0.0)
+        values = critic_out
+        if config.value_norm:  # the critic predicts (V - mean) / std under the stats so far
+            values = jnp.where(mask, running_stats_denormalize(value_stats, critic_out), 0.0)
         advantages, returns = gae(rewards, values, mask, config.gamma, config.gae_lambda)
         if config.value_norm:
             value_stats = running_stats_update(value_stats, returns, mask)
         metrics["critic/explained_variance_rollout"] = explained_variance(values, returns, mask)
         metrics["critic/value_rollout_mean"] = masked_mean(values, mask)
     else:
-        returns = values = zeros
+        returns = values = critic_out = zeros
         seq_return = jnp.sum(rewards, axis=-1)
         if config.advantage == "grpo":
             seq_adv = grpo_advantages(seq_return, config.group_size)
@@ -291,6 +293,6 @@ def score_rollout(params: dict, rollout: Rollout, host: HostScores,
     batch = PPOBatch(prompt_tokens=rollout.prompt_tokens, prompt_mask=rollout.prompt_mask,
                      response_tokens=rollout.response_tokens, response_mask=mask,
                      old_logp=old_logp, ref_logp=ref_logp, advantages=advantages,
-                     returns=returns, old_values=values)
+                     returns=returns, old_values=critic_out)
     prm_scores = prm if prm is not None else jnp.zeros(host.step_mask.shape, jnp.float32)
     return Scored(batch, rewards, prm_scores, value_stats, metrics)
