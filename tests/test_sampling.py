@@ -420,6 +420,19 @@ def test_filters_keep_the_reference_support(rows, top_k, top_p, temperature):
     np.testing.assert_allclose(kept, (logits / temperature)[support], rtol=1e-6)
 
 
+def test_top_k_and_top_p_count_the_ties_at_the_k_th_logit():
+    """top-k keeps every token tied with the k-th logit, so the nucleus counts them too: for
+    x = (3, 2, 2, 1), k = 2, p = 0.7, top-k keeps 3, 2, 2 (probabilities 0.58, 0.21, 0.21) and 3
+    alone is short of 0.7. (Until 2026-12-07 filter_logits took the nucleus over the k values
+    alone, where 3 has 0.73, and kept only it.)"""
+    x = jnp.asarray([[3.0, 2.0, 2.0, 1.0]])
+    np.testing.assert_array_equal(filter_logits(x, 1.0, 2, 0.7), [[3.0, 2.0, 2.0, -np.inf]])
+    halves = jnp.round(jax.random.normal(jax.random.key(0), (64, 1000)) * 4) / 2  # many ties
+    for top_k, top_p in [(2, 0.5), (5, 0.7), (20, 0.9)]:
+        np.testing.assert_array_equal(filter_logits(halves, 1.0, top_k, top_p),
+                                      top_p_filter(top_k_filter(halves, top_k), top_p))
+
+
 def test_filter_arguments_are_checked():
     x = jnp.zeros((1, 4))
     with pytest.raises(ValueError, match="top_k"):

@@ -36,14 +36,19 @@ def _mask_below(logits: jax.Array, threshold: jax.Array) -> jax.Array:
     return jnp.where(logits >= threshold, logits, NEG_INF)
 
 
-def _nucleus_threshold(sorted_logits: jax.Array, top_p: float) -> jax.Array:
+def _nucleus_threshold(sorted_logits: jax.Array, ties_beyond: jax.Array,
+                       top_p: float) -> jax.Array:
     """The smallest logit of the nucleus, [B, 1], from logits [B, K] sorted descending.
 
     Token i (in sorted order) is kept iff the probability mass strictly before it is < top_p:
     the kept prefix is the smallest one whose mass is >= top_p, and the first token is always
-    kept. Probabilities are the softmax over the K given logits.
+    kept. Probabilities are the softmax over the K given logits and ties_beyond [B, 1] more
+    tokens equal to the last of them (the ties top-k keeps past its k values), which come last.
     """
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    top, last = jnp.max(sorted_logits, -1, keepdims=True), _kth_largest(sorted_logits)
+    weights = jnp.exp(sorted_logits - top)
+    total = jnp.sum(weights, axis=-1, keepdims=True) + ties_beyond * jnp.exp(last - top)
+    probs = weights / total
     mass_before = jnp.cumsum(probs, axis=-1) - probs
     num_kept = jnp.maximum(jnp.sum(mass_before < top_p, axis=-1, keepdims=True), 1)
     return jnp.take_along_axis(sorted_logits, num_kept - 1, axis=-1)
@@ -135,15 +140,17 @@ def filter_logits(logits: jax.Array, temperature: float, top_k: int = 0,
     """temperature -> top-k -> top-p on logits [B, V]; top_k = 0 and top_p = 1 are off.
 
     With both top-k and top-p on, the nucleus is computed on the k sorted values that
-    `_top_k_values` returns (the same result as top_p_filter(top_k_filter(x)), without sorting
-    V).
+    `_top_k_values` returns, the tokens tied with the k-th beyond them counted in (one masked
+    sum over V): the same result as top_p_filter(top_k_filter(x)), without sorting V.
     """
     logits = apply_temperature(logits, temperature)
     if 0 < top_k < logits.shape[-1]:
         top_values = _top_k_values(logits, top_k)  # [B, k], sorted descending
         threshold = _kth_largest(top_values)
         if top_p < 1:
-            threshold = _nucleus_threshold(top_values, top_p)
+            ties_beyond = (jnp.sum(logits == threshold, axis=-1, keepdims=True)
+                           - jnp.sum(top_values == threshold, axis=-1, keepdims=True))
+            threshold = _nucleus_threshold(top_values, ties_beyond.astype(logits.dtype), top_p)
         return _mask_below(logits, threshold)
     return top_p_filter(logits, top_p)
 
