@@ -94,6 +94,11 @@ def test_checker_hand_checked():
     assert labels("3+4=7\nthen 7*2\n7*2=14") == (True, False, True)  # malformed line
     assert labels("3+4=7\n7*1=7\n7*2=14\n14+0=14\n14-5=9") == (True,) * 5  # no-ops on available values
     assert labels("9*1=9") == (False,)  # 9 is not available
+    # A skipped result that equals 1 or 0 is not a no-op's identity: 3-2 and 5-5 were skipped.
+    assert check_steps("(3-2)*4", "1*4=4\nanswer: 4").correct == (False,)
+    assert check_steps("(9-8)*(2+3)", "2+3=5\n1*5=5").correct == (True, False)
+    assert check_steps("7-(5-5)", "7-0=7").correct == (False,)
+    assert check_steps("(3-2)*4", "3-2=1\n1*4=4\n4*1=4").correct == (True, True, True)
     assert check_steps("(1+2)*(3+4)", "3+4=7\n1+2=3\n3*7=21\nanswer: 21").correct == (True, True, True)
 
     response = "3+4=7\n3+4=7\n7*2=14\n  7*2 = 14 \n14-5=9\nanswer: 9\n1+1=5"
@@ -178,8 +183,10 @@ def test_corrupt_deterministic_and_errors():
         assert corrupt(p, mode, random.Random(5)) == corrupt(p, mode, random.Random(5))
     with pytest.raises(ValueError, match="mode='typo'"):
         corrupt(p, "typo", random.Random(0))
-    with pytest.raises(ValueError, match="skipped_step"):  # skipping 8-8=0 leaves the no-op 0+7=7
-        corrupt(solve("(8-8)+7"), "skipped_step", random.Random(0))
+    with pytest.raises(ValueError, match="skipped_step"):  # one step: none whose result is used
+        corrupt(solve("3+4"), "skipped_step", random.Random(0))
+    # Skipping 8-8=0 leaves 0+7=7: a skip (8-8 was never computed), not a no-op.
+    assert corrupt(solve("(8-8)+7"), "skipped_step", random.Random(0)) == ("0+7=7\nanswer: 7", 0)
 
 
 def test_char_tokenizer_covers_the_task():

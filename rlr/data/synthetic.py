@@ -318,7 +318,8 @@ def check_steps(question: str, response: str) -> StepCheck:
     on values available at that point: it performs an operation of the question (the
     same operator on the same operands; + and * in either order) whose operands are
     literals of the question or operations computed by earlier correct steps; or it is a
-    no-op (x*1, x+0, x-0) on an available value. So a step that repeats an earlier correct
+    no-op (x*1, x+0, x-0) on an available value that is not the question's operation on a
+    result not computed yet (in (3-2)*4, "1*4=4" skips 3-2: wrong). So a step that repeats an earlier correct
     step is correct (and reported as repeated): the "correct but needless" step a process
     reward model gets hacked by (Gao et al., 2024). A step is wrong when its arithmetic is
     false, it uses a value not available yet (a wrong or skipped result, a misread
@@ -359,8 +360,9 @@ def check_steps(question: str, response: str) -> StepCheck:
             computed[i] = True
             available_values.add(tree.nodes[i].value)
             correct.append(True)
-        else:
-            correct.append(_is_noop(a, op, b, available_values))
+        else:  # a question operation on a result not computed yet is a skip, not a no-op
+            skips = any(matches(node, a, op, b) for node in tree.nodes)
+            correct.append(not skips and _is_noop(a, op, b, available_values))
     answer = tree.value(tree.root)
     return StepCheck(
         steps=tuple(lines.steps),
