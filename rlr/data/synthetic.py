@@ -319,9 +319,9 @@ def check_steps(question: str, response: str) -> StepCheck:
     same operator on the same operands; + and * in either order) whose operands are
     literals of the question or operations computed by earlier correct steps; or it is a
     no-op (x*1, x+0, x-0) on an available value that is not the question's operation on a
-    result not computed yet (in (3-2)*4, "1*4=4" skips 3-2: wrong). So a step that repeats an earlier correct
-    step is correct (and reported as repeated): the "correct but needless" step a process
-    reward model gets hacked by (Gao et al., 2024). A step is wrong when its arithmetic is
+    result not computed yet (in (3-2)*4, "1*4=4" skips 3-2: wrong). So a step that repeats an
+    earlier correct step is correct (and reported as repeated): the "correct but needless" step
+    a process reward model gets hacked by (Gao et al., 2024). A step is wrong when its arithmetic is
     false, it uses a value not available yet (a wrong or skipped result, a misread
     operand), it applies an operator the question does not apply to those operands, or it
     is not of the form "a op b = c". Steps are the non-empty lines before the first line
@@ -352,17 +352,15 @@ def check_steps(question: str, response: str) -> StepCheck:
         if OPS[op](a, b) != c:
             correct.append(False)
             continue
-        candidates = [
-            i for i, node in enumerate(tree.nodes) if matches(node, a, op, b) and ready(node.left) and ready(node.right)
-        ]
+        matching = [i for i, node in enumerate(tree.nodes) if matches(node, a, op, b)]
+        candidates = [i for i in matching if ready(tree.nodes[i].left) and ready(tree.nodes[i].right)]
         if candidates:
             i = next((i for i in candidates if not computed[i]), candidates[0])
             computed[i] = True
             available_values.add(tree.nodes[i].value)
             correct.append(True)
         else:  # a question operation on a result not computed yet is a skip, not a no-op
-            skips = any(matches(node, a, op, b) for node in tree.nodes)
-            correct.append(not skips and _is_noop(a, op, b, available_values))
+            correct.append(not matching and _is_noop(a, op, b, available_values))
     answer = tree.value(tree.root)
     return StepCheck(
         steps=tuple(lines.steps),
