@@ -41,7 +41,7 @@ CORE = [
 ]
 EXTRAS = {
     # Parity tests build reference models with Hugging Face transformers on PyTorch (CPU).
-    "test": ["pytest", "hypothesis", "torch==2.13.0", "transformers", "nbclient", "nbformat", "ipykernel"],
+    "test": ["pytest", "pytest-xdist", "hypothesis", "torch==2.13.0", "transformers", "nbclient", "nbformat", "ipykernel"],
     "hf": ["transformers"],  # checkpoint I/O itself needs only safetensors and tokenizers (CORE)
     "notebooks": ["jupyter", "nbclient", "nbformat", "ipykernel", "pandas"],
 }

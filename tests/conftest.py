@@ -18,9 +18,12 @@ import jax  # noqa: E402  (must come after XLA_FLAGS is set)
 jax.config.update("jax_default_matmul_precision", "highest")
 # Trainer tests rebuild the same jitted steps run after run: a persistent compilation cache
 # turns each recompile of an identical program into a disk read (kept between sessions too).
-jax.config.update("jax_compilation_cache_dir", os.environ.get(
+# One folder a pytest-xdist worker: jax writes an entry without a lock, so a worker could read
+# another's half-written file.
+jax.config.update("jax_compilation_cache_dir", os.path.join(os.environ.get(
     "JAX_COMPILATION_CACHE_DIR",
-    os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache", "jax")))
+    os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache", "jax")),
+    os.environ.get("PYTEST_XDIST_WORKER", "main")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 

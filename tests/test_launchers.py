@@ -187,7 +187,7 @@ def test_two_process_pipeline_on_cpu(stub_path, tmp_path):
     DPO on pairs the ORM ranks. Every
     stage that generates or scores splits its rows between the processes and gathers them back
     (rlr.train.common.global_batches), PPO's rollout keeps each process's rows; process 0
-    writes the files. 1.5-3 min on a 2-core machine. It is in the default suite because only a
+    writes the files. 1.5-4 min on a 2-core machine. It is in the default suite because only a
     second process finds code that reads another process's devices: until 2026-12-04 every
     trainer died there (the memory-estimate log read the mesh's first device; the evals read
     whole batch-split arrays; PPO placed its key with device_put)."""
