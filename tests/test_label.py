@@ -2,6 +2,7 @@
 partial file, and a label run end to end (a tiny policy samples, labelled.jsonl is written, a
 stopped run resumes to the same file)."""
 import json
+import os
 
 import jax
 import numpy as np
@@ -51,16 +52,38 @@ def test_label_stats_by_hand():
         "num_responses": 4, "num_problems": 2}
 
 
-def test_completed_problems_cuts_back_to_whole_problems(tmp_path):
+def test_completed_problems_cuts_back_to_whole_batches(tmp_path):
     path = str(tmp_path / "labelled.jsonl.partial")
-    lines = [json.dumps({"question": q, "response": str(i)}) for i, q in enumerate("aabbc")]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + '\n{"question": "c", "resp')  # stopped mid-line
-    assert label.completed_problems(path, ["a", "b", "c", "d"], num_samples=2) == 2
+
+    def write(questions: str, tail: str = ""):
+        with open(path, "w") as f:
+            f.writelines(json.dumps({"question": q, "response": str(i)}) + "\n"
+                         for i, q in enumerate(questions))
+            f.write(tail)
+
+    def kept() -> str:
+        return "".join(r["question"] for r in read_jsonl(path))
+
+    write("aabbc", '{"question": "c", "resp')  # stopped mid-line in problem c
+    assert label.completed_problems(path, "abcd", num_samples=2, batch_size=1) == 2
     assert [r["response"] for r in read_jsonl(path)] == ["0", "1", "2", "3"]
-    assert label.completed_problems(path, ["a", "x", "c"], num_samples=2) == 0  # other problems
-    assert not (tmp_path / "labelled.jsonl.partial").exists()
-    assert label.completed_problems(path, ["a"], num_samples=2) == 0  # no file
+    write("aabbcc")  # a stopped run's incomplete batch goes: c is sampled again with b
+    assert label.completed_problems(path, "abcd", num_samples=2, batch_size=2) == 2
+    assert kept() == "aabb"
+    write("aabbab")  # a finished run with its references; then with num_problems 2 -> 3
+    assert label.completed_problems(path, "ab", num_samples=2, batch_size=2) == 2
+    assert kept() == "aabb"
+    write("aabbab")
+    assert label.completed_problems(path, "abc", num_samples=2, batch_size=1) == 2
+    assert kept() == "aabb"
+    write("aabbab")
+    assert label.completed_problems(path, "abc", num_samples=2, batch_size=3) == 0
+    assert not os.path.exists(path)
+    for questions in ("aaabbb", "axcc"):  # another num_samples; other problems
+        write(questions)
+        assert label.completed_problems(path, "abc", num_samples=2, batch_size=1) == 0
+        assert not os.path.exists(path)
+    assert label.completed_problems(path, "a", num_samples=2, batch_size=1) == 0  # no file
 
 
 def label_config(policy_source: str):
@@ -154,19 +177,44 @@ def test_read_labelled_fields_and_errors(tmp_path):
         label.read_labelled(str(tmp_path / "missing"), "rm.data_path")
 
 
-def test_stopped_label_run_resumes_to_the_same_file(label_run, alphabet_policy, tmp_path):
+@pytest.mark.parametrize("kept_lines", [17, 18])
+def test_stopped_label_run_resumes_to_the_same_file(label_run, alphabet_policy, tmp_path,
+                                                    kept_lines):
+    """Stopped in the second batch (problems 8-9, 2 samples each) after 1 or 2 of its lines: the
+    resumed run samples the whole batch again, with the straight run's key."""
     straight = f"{label_run[0]}/labelled.jsonl"
     with open(straight) as f:
         lines = f.readlines()
     with open(tmp_path / "labelled.jsonl.partial", "w") as f:
-        f.writelines(lines[:17])  # the first batch of 8 problems and one sample of the 9th
-        f.write(lines[17][:10])  # cut mid-line
+        f.writelines(lines[:kept_lines])
+        f.write(lines[kept_lines][:10])  # cut mid-line
     for _ in range(2):  # resume; then run again in a finished workdir (nothing is sampled)
         stats = label.train(label_config(alphabet_policy), str(tmp_path))
         with open(tmp_path / "labelled.jsonl") as f:
             assert f.readlines() == lines
         assert not (tmp_path / "labelled.jsonl.partial").exists()
         assert stats == label_run[1]
+
+
+def test_label_run_with_more_problems_samples_only_from_its_last_whole_batch(
+        label_run, alphabet_policy, tmp_path, monkeypatch):
+    """A finished run of 9 problems rerun with 10 (batch 8): problems 8-9 are sampled, one batch,
+    and the file is the straight 10-problem run's."""
+    config = label_config(alphabet_policy)
+    config.label.num_problems = 9
+    label.train(config, str(tmp_path))
+    sampled, generate_texts = [], common.generate_texts
+
+    def counted_generate_texts(sampler, params, tokenizer, prompts, *args):
+        sampled.append(len(prompts))
+        return generate_texts(sampler, params, tokenizer, prompts, *args)
+
+    monkeypatch.setattr(common, "generate_texts", counted_generate_texts)
+    stats = label.train(label_config(alphabet_policy), str(tmp_path))
+    assert sampled == [2]
+    with open(f"{label_run[0]}/labelled.jsonl") as straight, open(tmp_path / "labelled.jsonl") as f:
+        assert f.readlines() == straight.readlines()
+    assert stats == label_run[1]
 
 
 def test_label_config_errors(alphabet_policy, tmp_path):

@@ -24,9 +24,13 @@ policy samples and written solutions). "needless_step" adds a repeated or no-op 
 checker labels correct: the data that makes a PRM pay for correct but needless steps, the
 precondition of the reward hacking of Gao et al. (2024).
 
-Responses are written a batch of problems at a time to labelled.jsonl.partial, so a stopped run
-continues where it stopped (and a finished one is not sampled again); the corrupted references
-are added and the file renamed to labelled.jsonl when every problem is done.
+Responses are written a batch of problems at a time to labelled.jsonl.partial. A stopped run
+continues from its last whole batch, each batch sampled with the key of a straight run
+(fold_in(rng, its first problem)), so it writes the same file; a finished one is not sampled
+again, and one rerun with a larger num_problems continues from its last whole batch too (its
+samples can differ from a straight run's if a new prompt is longer than the old prompt bucket:
+every batch is padded to the longest prompt's bucket). The corrupted references are added and the
+file renamed to labelled.jsonl when every problem is done.
 Returns (and writes to metrics.jsonl) the label statistics of the policy's samples.
 
 read_labelled reads the file back for the later stages (reward models, DPO on labelled pairs,
@@ -151,23 +155,36 @@ def corrupted_references(data: Any, examples: Sequence[tasks.TaskExample], modes
     return records
 
 
-def completed_problems(path: str, questions: Sequence[str], num_samples: int) -> int:
-    """How many of `questions` a partial labelled file holds, in order, with all num_samples
-    records each; the file is cut back to those (a stopped run's last, incomplete problem and
-    cut line, a finished run's corrupted references go). 0, and the file removed, when it holds
-    other problems (or another number of samples a problem)."""
+def completed_problems(path: str, questions: Sequence[str], num_samples: int,
+                       batch_size: int) -> int:
+    """How many of `questions` a partial labelled file holds, in order with num_samples records
+    each, counted in whole batches of batch_size problems unless all are there; the file is cut
+    back to those. So a resumed run samples each batch from its first problem with the key a
+    straight run uses (fold_in(rng, first problem)), and writes the same file: a stopped run's
+    incomplete batch and cut line go, and so do a finished run's corrupted references when
+    config.label.num_problems was raised. 0, and the file removed, when it starts with other
+    problems or holds another number of samples a problem. Only the questions are compared: a
+    run continued with another policy or sampling setting mixes their samples."""
     if not os.path.exists(path):
         return 0
-    records = read_jsonl(path)[:len(questions) * num_samples]  # a cut last line is skipped
-    done = len(records) // num_samples
-    records = records[:done * num_samples]
-    expected = [q for q in questions[:done] for _ in range(num_samples)]
-    if [r.get("question") for r in records] != expected:
-        log.warning("%s: holds other problems or another num_samples; starting over", path)
+    records = read_jsonl(path)  # a cut last line is skipped
+    expected = [q for q in questions for _ in range(num_samples)]
+    matched = next((i for i, (r, q) in enumerate(zip(records, expected)) if r.get("question") != q),
+                   min(len(records), len(expected)))
+    done = matched // num_samples
+    if done < len(questions):
+        # Problem done - 1 with more than num_samples records: the file has another num_samples.
+        longer = done and matched < len(records) and \
+            records[matched].get("question") == questions[done - 1]
+        done = 0 if longer else done // batch_size * batch_size
+    if not done:
+        if records:
+            log.warning("%s: no whole batch of these problems with num_samples=%d; starting over",
+                        path, num_samples)
         os.remove(path)
         return 0
     with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
+        f.writelines(json.dumps(r) + "\n" for r in records[:done * num_samples])
     return done
 
 
@@ -204,7 +221,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if write:  # process 0 owns the file; every process continues from the same problem
         if os.path.exists(final_path) and not os.path.exists(partial_path):
             os.replace(final_path, partial_path)  # a finished run: kept where it fits this config
-        done = completed_problems(partial_path, [e.question for e in examples], c.num_samples)
+        done = completed_problems(partial_path, [e.question for e in examples], c.num_samples,
+                                  c.batch_size)
     done = int(multihost_utils.broadcast_one_to_all(np.int32(done)))
     for start in range(done, len(examples), c.batch_size):
         chunk = slice(start, start + c.batch_size)
