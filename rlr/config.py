@@ -11,12 +11,16 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import json
+import logging
 import os
 import sys
 from typing import Any, Iterable, Mapping, Optional
 
 import ml_collections
 from ml_collections import config_dict
+
+log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16", "float16")  # the dtype names config.model accepts
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -161,11 +165,44 @@ def split_overrides(args: Iterable[str], prefix: str = "--config.") -> tuple[lis
     return overrides, rest
 
 
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """'key: old -> new' for each leaf of two nested dicts (configs as JSON) that differs, keys
+    dotted and sorted; a key on one side only shows '<missing>' on the other."""
+    missing = object()
+
+    def show(value: Any) -> str:
+        return "<missing>" if value is missing else repr(value)
+
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, missing), new.get(key, missing)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            changes += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key}: {show(a)} -> {show(b)}")
+    return changes
+
+
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """workdir/config.json (machine-readable) and workdir/config.txt (the readable dump)."""
+    """workdir/config.json (machine-readable) and workdir/config.txt (the readable dump).
+
+    A workdir whose config.json holds another config gets a warning that names each changed key
+    before the file is replaced: the trainers continue from what the workdir holds (checkpoints,
+    a label run's samples) whatever the new config says."""
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    path = os.path.join(workdir, "config.json")
+    text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                changes = config_changes(json.load(f), json.loads(text))
+        except ValueError as e:
+            changes = [f"the old file does not parse ({e})"]
+        if changes:
+            log.warning("%s: this workdir was run with another config; continuing from what it "
+                        "holds with %d change(s): %s", path, len(changes), "; ".join(changes))
+    with open(path, "w") as f:
+        f.write(text)
     with open(os.path.join(workdir, "config.txt"), "w") as f:
         f.write(str(config))
 

@@ -2,6 +2,7 @@
 errors, the written config, trainer dispatch and subcommands, config.model -> ModelConfig."""
 import importlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import rlr.train
 from experiments import base
 from rlr import launch
-from rlr.config import ConfigError, apply_override, load_config, to_dataclass
+from rlr.config import ConfigError, apply_override, config_changes, load_config, to_dataclass
 from rlr.models import get_config, to_hf_config
 from rlr.train.optim import OptimConfig
 
@@ -111,6 +112,26 @@ def test_main_writes_config_and_dispatches(experiment, tmp_path):
     assert written["optim"] == json.loads(base.optim().to_json())
     assert "kl_coef: 0.05" in open(os.path.join(workdir, "config.txt")).read()
     assert json.load(open(os.path.join(workdir, "trained.json"))) == {"kl": 0.05, "workdir": workdir}
+
+
+def test_a_workdir_run_with_another_config_warns_of_each_change(experiment, tmp_path, caplog):
+    args = ["--config", experiment, "--workdir", str(tmp_path / "run")]
+    assert launch.main(args) == 0
+    with caplog.at_level(logging.WARNING, logger="rlr.config"):
+        assert launch.main(args) == 0  # the same config again: no warning
+        assert not caplog.records
+        assert launch.main(args + ["--config.ppo.kl_coef=0.05", "--config.ppo.reward_model=rm"]) == 0
+    [record] = caplog.records
+    assert record.getMessage() == (
+        f"{tmp_path}/run/config.json: this workdir was run with another config; continuing from "
+        "what it holds with 2 change(s): ppo.kl_coef: 0.1 -> 0.05; ppo.reward_model: None -> 'rm'")
+    assert json.load(open(tmp_path / "run" / "config.json"))["ppo"]["kl_coef"] == 0.05
+
+
+def test_config_changes_name_dotted_keys():
+    assert config_changes({"a": {"b": 1, "c": [1]}, "d": 2}, {"a": {"b": 2, "c": [1]}, "e": "x"}) == [
+        "a.b: 1 -> 2", "d: 2 -> <missing>", "e: <missing> -> 'x'"]
+    assert config_changes({"a": {"b": 1}}, {"a": 1}) == ["a: {'b': 1} -> 1"]
 
 
 def test_unknown_trainer_lists_the_allowed_ones(experiment):

@@ -164,7 +164,8 @@ def completed_problems(path: str, questions: Sequence[str], num_samples: int,
     incomplete batch and cut line go, and so do a finished run's corrupted references when
     config.label.num_problems was raised. 0, and the file removed, when it starts with other
     problems or holds another number of samples a problem. Only the questions are compared: a
-    run continued with another policy or sampling setting mixes their samples."""
+    run continued with another policy or sampling setting mixes their samples (`rlr` logs each
+    changed config key of a rerun workdir: rlr.config.write_config)."""
     if not os.path.exists(path):
         return 0
     records = read_jsonl(path)  # a cut last line is skipped
