@@ -209,7 +209,7 @@ def test_sft_step_same_loss_and_gradients_in_micro_batches(params, tokens):
     base = sft_run(params, tokens, variant(), 4, loss_mask)
     run = sft_run(params, tokens, variant(), 4, loss_mask, grad_accum_steps=4)
     assert float(base[0]["grad_norm"]) > 0.1
-    assert_same_step(run, base, ("loss", "grad_norm", "num_tokens"))
+    assert_same_step(run, base, ("loss", "grad_norm", "num_tokens", "perplexity"))
 
 
 def test_dpo_step_same_loss_and_gradients_in_micro_batches(params, tokens):

@@ -42,15 +42,21 @@ def split_micro_batches(batch: Any, steps: int) -> Any:
 
 def combine_metrics(stacked: dict[str, jax.Array], weights: jax.Array) -> dict[str, jax.Array]:
     """One value a metric from its micro-batch values [A]: a name ending in "_max" takes the
-    max, one starting with "num_" (a count) the sum, every other one the weighted mean
-    sum_i w_i m_i with w_i = C_i / C. A mean over the counted items is then the batch's own
-    value; any other mean (a token mean under a sequence aggregation, explained variance,
-    perplexity) is the C-weighted mean of the micro-batches' values."""
+    max, one starting with "num_" (a count) the sum, "perplexity" (exp of a token-mean NLL)
+    exp(sum_i n_i log p_i / sum_i n_i) with n_i the micro-batches' "num_tokens" (C_i without
+    them), and every other one the weighted mean sum_i w_i m_i with w_i = C_i / C. A mean over
+    the counted items, and the perplexity, are then the batch's own values; any other mean (a
+    token mean under a sequence aggregation, explained variance) is the C-weighted mean of the
+    micro-batches' values."""
     def combine(name: str, values: jax.Array) -> jax.Array:
         if name.endswith("_max"):
             return jnp.max(values)
         if name.startswith("num_"):
             return jnp.sum(values)
+        if name == "perplexity":
+            tokens = stacked.get("num_tokens", weights)
+            total = jnp.sum(tokens)
+            return jnp.exp(jnp.sum(tokens * jnp.log(values)) / jnp.where(total > 0, total, 1.0))
         return jnp.sum(weights * values)
 
     return {name: combine(name, values) for name, values in stacked.items()}
