@@ -82,7 +82,8 @@ def test_combine_metrics_by_name():
     out = combine_metrics(stacked, jnp.array([0.75, 0.25]))
     assert {k: float(v) for k, v in out.items()} == {"loss": 1.75, "ratio_max": 3.0, "num_steps": 11.0}
     # exp(token-mean NLL) of the batch: NLL 1 over 3 tokens, 3 over 1, none over 0 (perplexity 1)
-    stacked = {"perplexity": jnp.exp(jnp.array([1.0, 3.0, 0.0])), "num_tokens": jnp.array([3.0, 1.0, 0.0])}
+    stacked = {"perplexity": jnp.exp(jnp.array([1.0, 3.0, 0.0])),
+               "num_tokens": jnp.array([3.0, 1.0, 0.0])}
     out = combine_metrics(stacked, jnp.array([0.5, 0.5, 0.0]))
     np.testing.assert_allclose(float(out["perplexity"]), np.exp(1.5), rtol=1e-6)
     assert float(combine_metrics({"perplexity": jnp.ones(2), "num_tokens": jnp.zeros(2)},

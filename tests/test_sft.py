@@ -13,8 +13,9 @@ from flax import traverse_util
 from rlr.config import ConfigError, load_config
 from rlr.data import synthetic
 from rlr.models import Transformer
+from rlr.parallel import shard_batch
 from rlr.parallel.memory import estimate_memory, format_bytes, param_bytes
-from rlr.train import common, params_io, sft, tasks
+from rlr.train import common, params_io, sft, sft_step, tasks
 from rlr.train.metrics import read_jsonl
 
 TOTAL_STEPS = 6
@@ -111,6 +112,30 @@ def test_grad_accumulation_logs_the_metrics_of_one_pass(init, tmp_path):
                                           r"of the mesh's data x fsdp = 8 devices x "
                                           r"optim\.grad_accum_steps = 2, i\.e\. of 16"):
         sft.train(config, str(tmp_path / "bad"))
+
+
+def test_eval_loss_and_perplexity_are_those_of_all_held_out_rows_at_once(init, tmp_path):
+    """9 held-out problems in eval batches of 8 (the second one a row and 7 padding) under the
+    seq_mean_token_sum aggregation: the logged eval loss and perplexity equal eval_step's on the
+    9 rows as one batch (a mean over their sequences; exp of the mean over their tokens)."""
+    config = sft_config(1, init)
+    config.sft.aggregation = "seq_mean_token_sum"
+    config.data.num_eval = config.eval.num_problems = 9
+    config.eval.batch_size = 8
+    final = sft.train(config, str(tmp_path))
+    s = common.setup(config)
+    model = Transformer(s.model_config)
+    params = params_io.load_params(model, str(tmp_path), s.mesh, jax.random.key(1))
+    data = tasks.as_data_config(config.data)
+    rows = sft.sft_rows(s.tokenizer, tasks.task_examples(data, "eval", limit=9), data)
+    [batch] = sft._eval_batches(rows, 16)
+    with common.model_context(s.mesh):
+        whole = sft_step.eval_step(params, shard_batch(batch, s.mesh), model=model,
+                                   chunk_size=config.sft.chunk_size,
+                                   aggregation=config.sft.aggregation)
+    assert float(whole["num_tokens"]) == rows["loss_mask"][:, 1:].sum()
+    assert final["eval/loss"] == pytest.approx(float(whole["loss"]), rel=1e-5)
+    assert final["eval/perplexity"] == pytest.approx(float(whole["perplexity"]), rel=1e-5)
 
 
 def test_export_loads_into_a_score_model(straight):

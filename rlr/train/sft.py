@@ -22,11 +22,13 @@ import numpy as np
 from rlr.config import ConfigError
 from rlr.data.batching import BatchIterator, concat_prompt_response, pack_sequences
 from rlr.data.tokenizer import Tokenizer
+from rlr.losses import aggregation_count
 from rlr.models import Transformer
 from rlr.parallel import BATCH_AXES, process_rows, shard_batch
 from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler
 from rlr.train import common, params_io, sequences, sft_step, tasks
+from rlr.train.accumulate import combine_metrics
 from rlr.train.metrics import MetricsWriter
 from rlr.train.optim import as_optim_config, make_optimizer
 from rlr.train.state import create_train_state
@@ -100,7 +102,9 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
                   writer: MetricsWriter, rng: jax.Array):
     """evaluate(state, step) -> {loss, perplexity, and common.greedy_eval's accuracy,
     response_length (and rm_score with config.eval.rm_source)} on the held-out problems (None
-    when config.eval.num_problems is 0); writes every greedy reply to samples.jsonl."""
+    when config.eval.num_problems is 0); writes every greedy reply to samples.jsonl. The loss and
+    perplexity are those of all the held-out rows at once, under config.sft.aggregation: the
+    batches' values combined as micro-batches' are (rlr.train.accumulate.combine_metrics)."""
     num = config.eval.num_problems
     if num == 0:
         return None
@@ -109,8 +113,11 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
     check_batch_size(batch_size, s.mesh, "eval.batch_size")
     examples = tasks.task_examples(data, "eval", limit=num)
     mine = process_rows(batch_size, s.mesh)  # the rows of each batch this process feeds
-    batches = [{k: v[mine] for k, v in batch.items()}
-               for batch in _eval_batches(sft_rows(s.tokenizer, examples, data), batch_size)]
+    whole = _eval_batches(sft_rows(s.tokenizer, examples, data), batch_size)
+    batches = [{k: v[mine] for k, v in batch.items()} for batch in whole]
+    counts = np.array([aggregation_count(batch["loss_mask"][:, 1:], config.sft.aggregation)
+                       for batch in whole])
+    weights = counts / max(counts.sum(), 1.0)  # C_b / C: the loss of all held-out rows at once
     sampler = Sampler(model, common.sampling_config(s.tokenizer, data, temperature=0.0), s.mesh)
     score_fn = common.eval_scorer(config, s, examples, jax.random.fold_in(rng, 1))
     loss_fn = jax.jit(functools.partial(sft_step.eval_step, model=model,
@@ -118,17 +125,15 @@ def make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tra
                                         aggregation=config.sft.aggregation))
 
     def evaluate(state, step: int) -> dict:
-        totals, tokens = 0.0, 0.0
         with common.model_context(s.mesh):
-            for batch in batches:
-                metrics = jax.device_get(loss_fn(state.params, shard_batch(batch, s.mesh)))
-                totals += float(metrics["loss"]) * float(metrics["num_tokens"])
-                tokens += float(metrics["num_tokens"])
+            per_batch = jax.device_get([loss_fn(state.params, shard_batch(batch, s.mesh))
+                                        for batch in batches])
+        losses = combine_metrics({k: np.array([m[k] for m in per_batch])
+                                  for k in ("loss", "perplexity", "num_tokens")}, weights)
         metrics, records = common.greedy_eval(sampler, state.params, s.tokenizer, data, examples,
                                               rng, batch_size, score_fn)
         writer.write_samples(step, records)
-        loss = totals / max(tokens, 1.0)
-        return {"loss": loss, "perplexity": float(np.exp(loss)), **metrics}
+        return {"loss": float(losses["loss"]), "perplexity": float(losses["perplexity"]), **metrics}
 
     return evaluate
 
