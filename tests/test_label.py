@@ -67,7 +67,7 @@ def test_completed_problems_cuts_back_to_whole_batches(tmp_path):
     write("aabbc", '{"question": "c", "resp')  # stopped mid-line in problem c
     assert label.completed_problems(path, "abcd", num_samples=2, batch_size=1) == 2
     assert [r["response"] for r in read_jsonl(path)] == ["0", "1", "2", "3"]
-    write("aabbcc")  # a stopped run's incomplete batch goes: c is sampled again with b
+    write("aabbcc")  # a stopped run's incomplete batch goes: c is sampled again with d
     assert label.completed_problems(path, "abcd", num_samples=2, batch_size=2) == 2
     assert kept() == "aabb"
     write("aabbab")  # a finished run with its references; then with num_problems 2 -> 3
