@@ -45,7 +45,6 @@ policy (WORKDIR/params).
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import logging
@@ -66,6 +65,7 @@ from rlr.parallel import process_rows, shard_batch
 from rlr.parallel.memory import estimate_memory
 from rlr.sampling import Sampler, bucket_length as sampler_bucket
 from rlr.train import common, dpo_step, label, params_io, sequences, tasks
+from rlr.train.accumulate import combine_metrics
 from rlr.train.metrics import MetricsWriter
 from rlr.train.optim import as_optim_config, make_optimizer
 from rlr.train.preferences import (FLAWED_MODES, Pair, PairRows, best_worst_pairs, corrupt_pairs,
@@ -486,6 +486,9 @@ def _make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tr
     batch_size = config.eval.batch_size
     batches = eval_batches(held_out, batch_size) if held_out is not None else []
     rows = process_rows(batch_size, s.mesh)  # the pairs of each batch this process feeds
+    # Each whole batch's pairs weigh its pair means: the means over all held-out pairs at once.
+    pairs = np.array([np.sum(batch.pair_mask) for batch in batches], np.float32)
+    weights = pairs / max(pairs.sum(), 1.0)
     metrics_fn = jax.jit(functools.partial(dpo_step.eval_step, model=model, config=pref))
     sampler = score_fn = None
     if examples:
@@ -498,17 +501,14 @@ def _make_evaluate(config: ml_collections.ConfigDict, s: common.Setup, model: Tr
         params = state["policy"].params
         out: dict[str, float] = {}
         if batches:
-            totals, count = collections.Counter(), 0.0
             with common.model_context(s.mesh):
-                for batch in batches:
-                    mine = jax.tree.map(lambda x: x[rows], batch)  # n: the whole batch's pairs
-                    metrics = jax.device_get(metrics_fn(params, initial_reference,
-                                                        shard_batch(mine, s.mesh)))
-                    n = float(np.sum(batch.pair_mask))
-                    for key in names:
-                        totals[key] += float(metrics[key]) * n
-                    count += n
-            out.update({name: totals[key] / count for key, name in names.items()})
+                per_batch = jax.device_get([
+                    metrics_fn(params, initial_reference,
+                               shard_batch(jax.tree.map(lambda x: x[rows], batch), s.mesh))
+                    for batch in batches])
+            combined = combine_metrics({key: np.array([m[key] for m in per_batch]) for key in names},
+                                       weights)
+            out.update({name: float(combined[key]) for key, name in names.items()})
         if examples:
             metrics, records = common.greedy_eval(sampler, params, s.tokenizer, data, examples, rng,
                                                   batch_size, score_fn)
